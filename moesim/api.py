@@ -29,12 +29,29 @@ def routing_options(routing="uniform", capacity_factor=None, block_m=64, drop_to
     from moesim.routing import parse_routing
 
     dist = parse_routing(routing) if isinstance(routing, str) else routing
-    return RoutingOptions(dist=dist, block_m=block_m, capacity_factor=capacity_factor, drop_tokens=drop_tokens)
+    return RoutingOptions(
+        dist=dist, block_m=block_m, capacity_factor=capacity_factor, drop_tokens=drop_tokens
+    )
 
 
-def build_layout(model, hardware, *, tp=1, ep=1, pp=1, dp=1, replicas=1, nodes=None, gpus_per_node=None,
-                 dtype="bf16", kv_dtype="bf16", dispatch_dtype="bf16", overlap="none",
-                 redundant_experts=0, offload=0.0) -> tuple[Layout, list[str]]:
+def build_layout(
+    model,
+    hardware,
+    *,
+    tp=1,
+    ep=1,
+    pp=1,
+    dp=1,
+    replicas=1,
+    nodes=None,
+    gpus_per_node=None,
+    dtype="bf16",
+    kv_dtype="bf16",
+    dispatch_dtype="bf16",
+    overlap="none",
+    redundant_experts=0,
+    offload=0.0,
+) -> tuple[Layout, list[str]]:
     """A Layout from CLI-style integers. With ``nodes``, the GPU count nodes x gpus_per_node must
     match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention)."""
     _, hw = resolve(model, hardware)
@@ -46,52 +63,114 @@ def build_layout(model, hardware, *, tp=1, ep=1, pp=1, dp=1, replicas=1, nodes=N
             fill = total // (tp * pp * replicas)
             if dp == 1 and fill * tp * pp * replicas == total:
                 dp = fill
-                notes.append(f"dp set to {dp} so that tp*dp*pp*replicas fills {nodes} x {per_node} GPUs")
+                notes.append(
+                    f"dp set to {dp} so that tp*dp*pp*replicas fills {nodes} x {per_node} GPUs"
+                )
             else:
                 raise MoesimError(
                     f"tp*dp*pp*replicas = {tp * dp * pp * replicas} GPUs but --nodes {nodes} x "
                     f"{per_node} GPUs per node = {total}; make them equal"
                 )
     layout = Layout(
-        tp=tp, ep=ep, pp=pp, dp=dp, replicas=replicas, weight_dtype=dtype, kv_dtype=kv_dtype,
-        dispatch_dtype=dispatch_dtype, overlap=overlap, redundant_experts=redundant_experts,
-        offload_fraction=offload, gpus_per_node=gpus_per_node,
+        tp=tp,
+        ep=ep,
+        pp=pp,
+        dp=dp,
+        replicas=replicas,
+        weight_dtype=dtype,
+        kv_dtype=kv_dtype,
+        dispatch_dtype=dispatch_dtype,
+        overlap=overlap,
+        redundant_experts=redundant_experts,
+        offload_fraction=offload,
+        gpus_per_node=gpus_per_node,
     )
     return layout, notes
 
 
-def run_prediction(model, hardware, layout: Layout, *, batch, input_len=1024, output_len=256,
-                   context_len=None, phase="both", routing="uniform", capacity_factor=None,
-                   block_m=64, breakdown=False, disaggregate=None, rate=None) -> dict:
+def run_prediction(
+    model,
+    hardware,
+    layout: Layout,
+    *,
+    batch,
+    input_len=1024,
+    output_len=256,
+    context_len=None,
+    phase="both",
+    routing="uniform",
+    capacity_factor=None,
+    block_m=64,
+    breakdown=False,
+    disaggregate=None,
+    rate=None,
+) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON."""
     from moesim import serving
 
     m, hw = resolve(model, hardware)
     ropts = routing_options(routing, capacity_factor, block_m)
     if m.is_moe is False and layout.arr("ep").max() > 1:
-        raise MoesimError(f"--ep {int(layout.arr('ep').max())} needs an MoE model; {m.name} is dense")
+        raise MoesimError(
+            f"--ep {int(layout.arr('ep').max())} needs an MoE model; {m.name} is dense"
+        )
     if disaggregate:
         from moesim.disagg import predict_disaggregated
 
-        res = predict_disaggregated(m, hw, disaggregate, batch=batch, input_len=input_len,
-                                    output_len=output_len, routing=ropts, rate=rate, breakdown=breakdown)
+        res = predict_disaggregated(
+            m,
+            hw,
+            disaggregate,
+            batch=batch,
+            input_len=input_len,
+            output_len=output_len,
+            routing=ropts,
+            rate=rate,
+            breakdown=breakdown,
+        )
     elif phase == "both":
-        res = serving.predict(m, hw, layout, batch=batch, input_len=input_len, output_len=output_len,
-                              routing=ropts, breakdown=breakdown)
+        res = serving.predict(
+            m,
+            hw,
+            layout,
+            batch=batch,
+            input_len=input_len,
+            output_len=output_len,
+            routing=ropts,
+            breakdown=breakdown,
+        )
         if rate is not None:
             from moesim.queueing import add_queueing
 
             res = add_queueing(res, rate=rate, batch=batch)
     else:
-        res = serving.predict_phase(m, hw, layout, phase=phase, batch=batch, input_len=input_len,
-                                    context_len=context_len if context_len is not None else (input_len + output_len / 2 if phase == "decode" else None),
-                                    routing=ropts, breakdown=breakdown)
+        res = serving.predict_phase(
+            m,
+            hw,
+            layout,
+            phase=phase,
+            batch=batch,
+            input_len=input_len,
+            context_len=context_len
+            if context_len is not None
+            else (input_len + output_len / 2 if phase == "decode" else None),
+            routing=ropts,
+            breakdown=breakdown,
+        )
     head = {
         "model": m.name,
         "hardware": hw.name,
         "phase": phase if not disaggregate else "disaggregated",
-        "layout": {"tp": layout.tp, "ep": layout.ep, "pp": layout.pp, "dp": layout.dp, "replicas": layout.replicas,
-                   "dtype": layout.weight_dtype, "kv_dtype": layout.kv_dtype, "overlap": layout.overlap},
+        "layout": {
+            "tp": layout.tp,
+            "ep": layout.ep,
+            "pp": layout.pp,
+            "dp": layout.dp,
+            "replicas": layout.replicas,
+            "dtype": layout.weight_dtype,
+            "kv_dtype": layout.kv_dtype,
+            "overlap": layout.overlap,
+        },
         "batch": batch,
         "input_len": input_len,
         "output_len": output_len,
@@ -114,13 +193,37 @@ def squeeze(obj):
     return obj
 
 
-def predict(model, hardware, *, batch, input_len=1024, output_len=256, phase="both", context_len=None,
-            routing="uniform", capacity_factor=None, block_m=64, breakdown=False, **layout_kw) -> dict:
+def predict(
+    model,
+    hardware,
+    *,
+    batch,
+    input_len=1024,
+    output_len=256,
+    phase="both",
+    context_len=None,
+    routing="uniform",
+    capacity_factor=None,
+    block_m=64,
+    breakdown=False,
+    **layout_kw,
+) -> dict:
     """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``."""
     layout, notes = build_layout(model, hardware, **layout_kw)
-    res = run_prediction(model, hardware, layout, batch=batch, input_len=input_len, output_len=output_len,
-                         context_len=context_len, phase=phase, routing=routing,
-                         capacity_factor=capacity_factor, block_m=block_m, breakdown=breakdown)
+    res = run_prediction(
+        model,
+        hardware,
+        layout,
+        batch=batch,
+        input_len=input_len,
+        output_len=output_len,
+        context_len=context_len,
+        phase=phase,
+        routing=routing,
+        capacity_factor=capacity_factor,
+        block_m=block_m,
+        breakdown=breakdown,
+    )
     if notes:
         res["notes"] = notes
     return res

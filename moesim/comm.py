@@ -35,7 +35,8 @@ class Network:
             domain_size=int(hw.scaleup_domain_size),
             scaleup_bytes_per_s=hw.scaleup_bandwidth_bytes_per_s * c.scaleup_bandwidth_efficiency,
             scaleup_latency_s=c.scaleup_latency_s,
-            scaleout_bytes_per_s=hw.scaleout_bandwidth_bytes_per_s * c.scaleout_bandwidth_efficiency,
+            scaleout_bytes_per_s=hw.scaleout_bandwidth_bytes_per_s
+            * c.scaleout_bandwidth_efficiency,
             scaleout_latency_s=c.scaleout_latency_s,
             host_bytes_per_s=hw.host_link_bandwidth_bytes_per_s * c.host_link_efficiency,
             in_switch_reduction=bool(hw.scaleup_in_switch_reduction),
@@ -80,7 +81,9 @@ def remote_domain_fraction(group_size, domain_size: int) -> np.ndarray:
     return np.clip(frac, 0.0, 1.0)
 
 
-def alltoall_bytes(token_count, remote_gpus_per_token, bytes_per_token, group_size, domain_size: int):
+def alltoall_bytes(
+    token_count, remote_gpus_per_token, bytes_per_token, group_size, domain_size: int
+):
     """Bytes one GPU sends in an EP dispatch (or combine): split into scale-up and scale-out parts.
 
     Each token goes once to each distinct remote GPU holding one of its experts (DeepEP / DeepSeek-V3
@@ -100,8 +103,12 @@ def alltoall_time_s(intra_bytes, inter_bytes, net: Network) -> np.ndarray:
     """The two levels move their bytes concurrently; the slower one bounds the collective."""
     intra_bytes = np.asarray(intra_bytes, dtype=float)
     inter_bytes = np.asarray(inter_bytes, dtype=float)
-    intra = np.where(intra_bytes > 0, net.scaleup_latency_s + intra_bytes / net.scaleup_bytes_per_s, 0.0)
-    inter = np.where(inter_bytes > 0, net.scaleout_latency_s + inter_bytes / net.scaleout_bytes_per_s, 0.0)
+    intra = np.where(
+        intra_bytes > 0, net.scaleup_latency_s + intra_bytes / net.scaleup_bytes_per_s, 0.0
+    )
+    inter = np.where(
+        inter_bytes > 0, net.scaleout_latency_s + inter_bytes / net.scaleout_bytes_per_s, 0.0
+    )
     return np.maximum(intra, inter)
 
 

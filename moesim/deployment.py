@@ -91,7 +91,9 @@ def check_layout(model, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     redundant replicas); PP no deeper than the layer count.
     """
     tp, ep, pp, dp = (layout.arr(n) for n in ("tp", "ep", "pp", "dp"))
-    shape = np.broadcast_shapes(tp.shape, ep.shape, pp.shape, dp.shape, np.shape(layout.redundant_experts))
+    shape = np.broadcast_shapes(
+        tp.shape, ep.shape, pp.shape, dp.shape, np.shape(layout.redundant_experts)
+    )
     reason = np.full(shape, "", dtype=object)
 
     def fail(mask, message):
@@ -107,9 +109,15 @@ def check_layout(model, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     fail(gpus_stage % ep != 0, "ep must divide tp*dp (the GPUs of a stage)")
     slots = model.num_experts + np.asarray(layout.redundant_experts, dtype=float)
     if model.is_moe:
-        fail(slots % ep != 0, f"ep does not divide the {model.num_experts} experts (+ redundant slots)")
+        fail(
+            slots % ep != 0,
+            f"ep does not divide the {model.num_experts} experts (+ redundant slots)",
+        )
         fail(ep > slots, "ep exceeds the number of expert slots")
-        fail(np.asarray(layout.redundant_experts) % ep != 0, "redundant experts must spread evenly over ep")
+        fail(
+            np.asarray(layout.redundant_experts) % ep != 0,
+            "redundant experts must spread evenly over ep",
+        )
     else:
         fail(ep > 1, "ep > 1 needs an MoE model")
     fail(pp > model.num_hidden_layers, f"pp exceeds the {model.num_hidden_layers} layers")

@@ -18,13 +18,25 @@ def _time(hw, kernel_class, dtype, flops, hbm_bytes, m=None, n=None, launches=1,
     peak = hw.peak(dtype)
     bw = hw.hbm_bandwidth_bytes_per_s
     params = RooflineParams.from_efficiency(eff, dtype)
-    t = op_time_s(flops, hbm_bytes, peak_flops_per_s=peak, hbm_bytes_per_s=bw, params=params, num_sms=hw.num_sms, m=m, n=n, launches=launches)
+    t = op_time_s(
+        flops,
+        hbm_bytes,
+        peak_flops_per_s=peak,
+        hbm_bytes_per_s=bw,
+        params=params,
+        num_sms=hw.num_sms,
+        m=m,
+        n=n,
+        launches=launches,
+    )
     return {
         "latency_s": t,
         "flops": np.asarray(flops, dtype=float),
         "hbm_bytes": np.asarray(hbm_bytes, dtype=float),
         "floor_s": floor_s(flops, hbm_bytes, peak, bw),
-        "bound": np.where(np.asarray(flops) / peak >= np.asarray(hbm_bytes) / bw, "compute", "memory"),
+        "bound": np.where(
+            np.asarray(flops) / peak >= np.asarray(hbm_bytes) / bw, "compute", "memory"
+        ),
     }
 
 
@@ -68,7 +80,7 @@ def moe_cost(
     kernel's block M (vLLM moe_align_block_size). ``realised`` (measured rows) gives the actual
     ``n_active_experts`` and ``sum_padded_tokens`` instead of their expectations.
     """
-    from moesim.routing import routing_stats
+    from moesim.routing import UNIFORM, routing_stats
 
     n_mat = 3 if gated else 2
     ab = dtype_bytes("bf16" if dtype in ("fp8", "fp4") else dtype)
@@ -80,14 +92,31 @@ def moe_cost(
         load = tokens * top_k
         stats = None
     else:
-        stats = routing_stats(tokens, top_k, experts, ep=ep, dist=routing, block_m=block_m, capacity_factor=capacity_factor)
+        stats = routing_stats(
+            tokens,
+            top_k,
+            experts,
+            ep=ep,
+            dist=routing or UNIFORM,
+            block_m=block_m,
+            capacity_factor=capacity_factor,
+        )
         active = stats.active_experts_max_gpu
         padded = stats.padded_assignments_max_gpu
         load = stats.max_gpu_load
     flops = 2.0 * padded * hidden * intermediate * n_mat
     weights = active * n_mat * hidden * intermediate * wb
     act_io = load * (2.0 * hidden + (n_mat - 1) * intermediate * 2 + intermediate) * ab
-    out = _time(hw, "grouped_gemm", dtype, flops, weights + act_io, m=padded, n=(n_mat - 1) * intermediate, efficiency=efficiency)
+    out = _time(
+        hw,
+        "grouped_gemm",
+        dtype,
+        flops,
+        weights + act_io,
+        m=padded,
+        n=(n_mat - 1) * intermediate,
+        efficiency=efficiency,
+    )
     out["weight_bytes"] = weights
     if stats is not None:
         out.update(
@@ -99,7 +128,19 @@ def moe_cost(
     return out
 
 
-def attention_cost(hw, phase: str, batch, seq_len, num_heads: int, num_kv_heads: int, head_dim: int, dtype="bf16", kv_dtype="bf16", causal=True, efficiency=None) -> dict:
+def attention_cost(
+    hw,
+    phase: str,
+    batch,
+    seq_len,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype="bf16",
+    kv_dtype="bf16",
+    causal=True,
+    efficiency=None,
+) -> dict:
     """Attention core. Prefill: 4 x pairs x d FLOPs per head, Q/K/V read and O written once
     (FlashAttention, Dao et al. 2022). Decode (``seq_len`` = context): one query per sequence,
     the whole K/V cache read once."""

@@ -69,7 +69,14 @@ def gemm_op(name, kind, m, n, k, weight_bytes, act_bytes, dtype, count) -> Op:
 
 
 def memory_op(name, kind, hbm_bytes, count) -> Op:
-    return Op(name, kind, "memory", np.asarray(count, dtype=float), np.asarray(0.0), np.asarray(hbm_bytes, dtype=float))
+    return Op(
+        name,
+        kind,
+        "memory",
+        np.asarray(count, dtype=float),
+        np.asarray(0.0),
+        np.asarray(hbm_bytes, dtype=float),
+    )
 
 
 def causal_pairs(new_tokens, context, window=None) -> np.ndarray:
@@ -124,29 +131,85 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
         r_kv, r_rope = model.kv_lora_rank, model.qk_rope_head_dim
         nope = model.qk_nope_head_dim
         if model.q_lora_rank:
-            ops.append(gemm_op("attn.q_a_kv_a", "attention", T, model.q_lora_rank + r_kv + r_rope, h, wb, ab, cdt, per_layer))
-            ops.append(gemm_op("attn.q_b", "attention", T, H * d_qk, model.q_lora_rank, wb, ab, cdt, per_layer))
+            ops.append(
+                gemm_op(
+                    "attn.q_a_kv_a",
+                    "attention",
+                    T,
+                    model.q_lora_rank + r_kv + r_rope,
+                    h,
+                    wb,
+                    ab,
+                    cdt,
+                    per_layer,
+                )
+            )
+            ops.append(
+                gemm_op(
+                    "attn.q_b", "attention", T, H * d_qk, model.q_lora_rank, wb, ab, cdt, per_layer
+                )
+            )
         else:
-            ops.append(gemm_op("attn.kv_a", "attention", T, r_kv + r_rope, h, wb, ab, cdt, per_layer))
+            ops.append(
+                gemm_op("attn.kv_a", "attention", T, r_kv + r_rope, h, wb, ab, cdt, per_layer)
+            )
             ops.append(gemm_op("attn.q", "attention", T, H * d_qk, h, wb, ab, cdt, per_layer))
         if phase == "prefill":
             # Prefill expands the latent into per-head K and V (no absorption): kv_b on all keys.
             keys = s.seqs * (s.new_tokens + s.context)
-            ops.append(gemm_op("attn.kv_b", "attention", keys, H * (nope + d_v), r_kv, wb, ab, cdt, per_layer))
+            ops.append(
+                gemm_op(
+                    "attn.kv_b", "attention", keys, H * (nope + d_v), r_kv, wb, ab, cdt, per_layer
+                )
+            )
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context)
             flops = 2.0 * pairs * H * (d_qk + d_v)
-            io = (T * H * (d_qk + d_v) + keys * H * (d_qk + d_v)) * ab + s.seqs * s.new_tokens * (r_kv + r_rope) * kvb
-            ops.append(Op("attn.core", "attention", "attention_prefill", np.asarray(per_layer), flops, io, "bf16"))
+            io = (T * H * (d_qk + d_v) + keys * H * (d_qk + d_v)) * ab + s.seqs * s.new_tokens * (
+                r_kv + r_rope
+            ) * kvb
+            ops.append(
+                Op(
+                    "attn.core",
+                    "attention",
+                    "attention_prefill",
+                    np.asarray(per_layer),
+                    flops,
+                    io,
+                    "bf16",
+                )
+            )
         else:
             # Decode absorbs W_UK into the query and W_UV into the output (FlashMLA): attention is
             # multi-query over the (r_kv + r_rope)-wide latent cache, which every TP rank holds whole.
             absorb_flops = 2.0 * T * H * (nope * r_kv + r_kv * d_v)
             absorb_bytes = r_kv * H * (nope + d_v) * wb + T * H * (nope + r_kv + d_v) * ab
-            ops.append(Op("attn.absorb", "attention", "gemm", np.asarray(per_layer), absorb_flops, absorb_bytes, cdt, T, H * r_kv))
+            ops.append(
+                Op(
+                    "attn.absorb",
+                    "attention",
+                    "gemm",
+                    np.asarray(per_layer),
+                    absorb_flops,
+                    absorb_bytes,
+                    cdt,
+                    T,
+                    H * r_kv,
+                )
+            )
             pairs = s.seqs * np.minimum(s.context + 1, np.inf)
             flops = 2.0 * pairs * H * ((r_kv + r_rope) + r_kv)
             io = pairs * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
-            ops.append(Op("attn.core", "attention", "attention_decode", np.asarray(per_layer), flops, io, "bf16"))
+            ops.append(
+                Op(
+                    "attn.core",
+                    "attention",
+                    "attention_decode",
+                    np.asarray(per_layer),
+                    flops,
+                    io,
+                    "bf16",
+                )
+            )
         ops.append(gemm_op("attn.o", "attention", T, h, H * d_v, wb, ab, cdt, per_layer))
         return ops
 
@@ -197,10 +260,10 @@ def _ffn_gemms(prefix, kind, T, width_per_gpu, model, layout, cdt, count) -> lis
 
 def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list[Op], object]:
     """Router, routed experts (grouped GEMM on the busiest EP rank) and their dispatch/combine."""
-    from moesim.routing import routing_stats
+    from moesim.routing import UNIFORM, routing_stats
 
     h = model.hidden_size
-    E, k, I = model.num_experts, model.top_k, model.expert_intermediate_size
+    E, k, inter = model.num_experts, model.top_k, model.expert_intermediate_size
     ep = layout.arr("ep")
     moe_tp = layout.moe_tp
     wb = dtype_bytes(layout.weight_dtype)
@@ -210,10 +273,10 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
         k,
         E,
         ep=ep,
-        dist=routing.dist,
+        dist=routing.dist or UNIFORM,
         block_m=routing.block_m,
         capacity_factor=routing.capacity_factor,
-        redundant_experts=layout.redundant_experts,
+        redundant_experts=_scalar_int(layout.redundant_experts, "redundant_experts"),
     )
     load = stats.max_gpu_load
     padded = stats.padded_assignments_max_gpu
@@ -221,7 +284,7 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
         # Dropped tokens skip the experts (Switch Transformer, arXiv:2101.03961 section 2.2).
         keep = 1.0 - stats.drop_rate
         load, padded = load * keep, padded * keep
-    I_gpu = I / moe_tp
+    I_gpu = inter / moe_tp
     n_mat = model.ffn_matrices
     expert_bytes = n_mat * h * I_gpu * wb  # one expert's slice on this GPU
     active = stats.active_experts_max_gpu
@@ -232,13 +295,35 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
     act_io = load * (2.0 * h + (n_mat - 1) * I_gpu + I_gpu + (n_mat - 1) * I_gpu) * ab
     ops = [
         gemm_op("moe.router", "moe", s.tokens_dp, E, h, ab, ab, "bf16", count),
-        Op("moe.experts", "moe", "grouped_gemm", np.asarray(count, dtype=float), flops, active * expert_bytes + act_io, cdt, padded, 2 * I_gpu),
+        Op(
+            "moe.experts",
+            "moe",
+            "grouped_gemm",
+            np.asarray(count, dtype=float),
+            flops,
+            active * expert_bytes + act_io,
+            cdt,
+            padded,
+            2 * I_gpu,
+        ),
     ]
     if np.any(offload > 0):
         # Experts kept in host memory cross the host link when a step activates them. With a
         # static cache of the hottest experts, misses are the active experts outside it.
-        misses = stats.active_experts_max_gpu * offload if routing.offload_misses is None else routing.offload_misses(stats, offload)
-        ops.append(Op("moe.offload_fetch", "offload", "host", np.asarray(count, dtype=float), message_bytes=misses * expert_bytes))
+        misses = (
+            stats.active_experts_max_gpu * offload
+            if routing.offload_misses is None
+            else routing.offload_misses(stats, offload)
+        )
+        ops.append(
+            Op(
+                "moe.offload_fetch",
+                "offload",
+                "host",
+                np.asarray(count, dtype=float),
+                message_bytes=misses * expert_bytes,
+            )
+        )
     tp, dp = layout.arr("tp"), layout.arr("dp")
     if np.any(ep > 1):
         src_tokens = s.tokens_stage / (tp * dp)
@@ -249,8 +334,25 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
         remote = np.where(ep > 1, stats.remote_gpus_per_token, 0.0)
         for name, per_token in (("moe.dispatch", per_token_dispatch), ("moe.combine", h * ab)):
             intra, inter = alltoall_bytes(src_tokens, remote, per_token, ep, dom)
-            ops.append(Op(name, "comm", "alltoall", np.asarray(count, dtype=float), intra_bytes=intra, inter_bytes=inter, group_size=ep))
+            ops.append(
+                Op(
+                    name,
+                    "comm",
+                    "alltoall",
+                    np.asarray(count, dtype=float),
+                    intra_bytes=intra,
+                    inter_bytes=inter,
+                    group_size=ep,
+                )
+            )
     return ops, stats
+
+
+def _scalar_int(value, name: str) -> int:
+    arr = np.unique(np.asarray(value))
+    if arr.size != 1:
+        raise ValueError(f"{name} must be one value per evaluation (group sweeps by it)")
+    return int(arr[0])
 
 
 @dataclass(frozen=True)
@@ -258,19 +360,30 @@ class RoutingOptions:
     """How tokens pick experts, and what the expert kernel pads to."""
 
     dist: object = None  # a moesim.routing distribution; None = uniform
-    block_m: int | None = 64  # grouped-GEMM block M (vLLM fused_moe default for decode-size batches)
+    block_m: int | None = (
+        64  # grouped-GEMM block M (vLLM fused_moe default for decode-size batches)
+    )
     capacity_factor: float | None = None
     drop_tokens: bool = True
     offload_misses: object = None  # optional callable(stats, offload_fraction) -> expected misses
 
 
-def step_ops(model, hw, layout: Layout, phase: str, seqs, new_tokens, context, routing: RoutingOptions | None = None):
+def step_ops(
+    model,
+    hw,
+    layout: Layout,
+    phase: str,
+    seqs,
+    new_tokens,
+    context,
+    routing: RoutingOptions | None = None,
+):
     """All operators one GPU of the busiest stage runs in one step. Returns (ops, routing stats)."""
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase must be 'prefill' or 'decode', not {phase!r}")
     routing = routing or RoutingOptions()
     s = step_shape(layout, seqs, new_tokens, context)
-    tp, dp, pp = layout.arr("tp"), layout.arr("dp"), layout.arr("pp")
+    tp, pp = layout.arr("tp"), layout.arr("pp")
     cdt = compute_dtype(layout.weight_dtype, hw.peak_flops_per_s)
     ab = dtype_bytes(layout.act_dtype)
     wb = dtype_bytes(layout.weight_dtype)
@@ -282,7 +395,16 @@ def step_ops(model, hw, layout: Layout, phase: str, seqs, new_tokens, context, r
     # as vLLM's fused_add_rms_norm does).
     ops.append(memory_op("norms", "norm", 4.0 * T * h * ab, L / pp))
     # TP all-reduce after attention (Megatron: one per attention block).
-    ops.append(Op("attn.allreduce", "comm", "allreduce", np.asarray(L / pp), message_bytes=T * h * ab * (tp > 1), group_size=tp))
+    ops.append(
+        Op(
+            "attn.allreduce",
+            "comm",
+            "allreduce",
+            np.asarray(L / pp),
+            message_bytes=T * h * ab * (tp > 1),
+            group_size=tp,
+        )
+    )
 
     n_moe = model.num_moe_layers if model.is_moe else 0
     n_dense = L - n_moe
@@ -292,23 +414,59 @@ def step_ops(model, hw, layout: Layout, phase: str, seqs, new_tokens, context, r
         # model's FFN width is expert_intermediate_size (= intermediate_size, or the single expert's).
         width = model.intermediate_size if model.is_moe else model.expert_intermediate_size
         ops += _ffn_gemms("ffn", "ffn", T, width / tp, model, layout, cdt, n_dense / pp)
-        ops.append(Op("ffn.allreduce", "comm", "allreduce", np.asarray(n_dense / pp), message_bytes=T * h * ab * (tp > 1), group_size=tp))
+        ops.append(
+            Op(
+                "ffn.allreduce",
+                "comm",
+                "allreduce",
+                np.asarray(n_dense / pp),
+                message_bytes=T * h * ab * (tp > 1),
+                group_size=tp,
+            )
+        )
     if n_moe:
         count = n_moe / pp
         moe, stats = _moe_ops(model, hw, layout, s, cdt, routing, count)
         ops += moe
         if model.shared_intermediate_size:
-            ops += _ffn_gemms("moe.shared", "moe", T, model.shared_intermediate_size / tp, model, layout, cdt, count)
+            ops += _ffn_gemms(
+                "moe.shared",
+                "moe",
+                T,
+                model.shared_intermediate_size / tp,
+                model,
+                layout,
+                cdt,
+                count,
+            )
         ep = layout.arr("ep")
         # Expert outputs are reduced over the GPUs that split each expert: the whole stage's tokens
         # over moe_tp when experts are only tensor-parallel (all-gather + reduce-scatter with DP
         # attention, an all-reduce without), else the post-FFN TP all-reduce of each DP group.
         msg = np.where(ep > 1, T * h * ab * (tp > 1), s.tokens_stage * h * ab * (layout.moe_tp > 1))
         group = np.where(ep > 1, tp, layout.moe_tp)
-        ops.append(Op("moe.allreduce", "comm", "allreduce", np.asarray(count), message_bytes=msg, group_size=group))
+        ops.append(
+            Op(
+                "moe.allreduce",
+                "comm",
+                "allreduce",
+                np.asarray(count),
+                message_bytes=msg,
+                group_size=group,
+            )
+        )
     if model.dense_residual_intermediate_size:
         # Arctic: a dense MLP beside the MoE on every layer (Snowflake Arctic, HF ArcticMLP residual).
-        ops += _ffn_gemms("residual_ffn", "ffn", T, model.dense_residual_intermediate_size / tp, model, layout, cdt, L / pp)
+        ops += _ffn_gemms(
+            "residual_ffn",
+            "ffn",
+            T,
+            model.dense_residual_intermediate_size / tp,
+            model,
+            layout,
+            cdt,
+            L / pp,
+        )
 
     # Embedding lookup on the first stage, LM head on the last; vocabulary split over TP. Logits
     # are computed for the last position of each sequence only (vLLM / SGLang prefill).
@@ -317,7 +475,14 @@ def step_ops(model, hw, layout: Layout, phase: str, seqs, new_tokens, context, r
         memory_op("embedding", "lm_head", 2.0 * T * h * ab, 1.0),
         gemm_op("lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt, 1.0),
         # Logit shards are gathered to one rank (an all-gather: half an all-reduce's traffic).
-        Op("lm_head.gather", "comm", "allreduce", np.asarray(1.0), message_bytes=s.seqs * model.vocab_size * ab / 2.0 * (tp > 1), group_size=tp),
+        Op(
+            "lm_head.gather",
+            "comm",
+            "allreduce",
+            np.asarray(1.0),
+            message_bytes=s.seqs * model.vocab_size * ab / 2.0 * (tp > 1),
+            group_size=tp,
+        ),
     ]
     for op in once:
         op.per_stage = False
@@ -326,7 +491,14 @@ def step_ops(model, hw, layout: Layout, phase: str, seqs, new_tokens, context, r
         # Activations cross each stage boundary once per micro-batch (GPipe / Megatron PP).
         dom = layout.gpus_per_node or hw.scaleup_domain_size
         crosses = layout.gpus_per_stage >= dom
-        send = Op("pp.send", "comm", "p2p", np.asarray(1.0), message_bytes=T * h * ab * (pp > 1), crosses_domain=crosses)
+        send = Op(
+            "pp.send",
+            "comm",
+            "p2p",
+            np.asarray(1.0),
+            message_bytes=T * h * ab * (pp > 1),
+            crosses_domain=crosses,
+        )
         send.per_stage = False  # (pp - 1) sends per micro-batch: counted by the pipeline
         ops.append(send)
     return ops, stats

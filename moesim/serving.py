@@ -70,13 +70,32 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                 params_cache[key] = RooflineParams.from_efficiency(eff, op.dtype)
             peak = hw.peak(op.dtype)
             t = op_time_s(
-                op.flops, op.hbm_bytes, peak_flops_per_s=peak, hbm_bytes_per_s=bw,
-                params=params_cache[key], num_sms=hw.num_sms, m=op.m, n=op.n,
+                op.flops,
+                op.hbm_bytes,
+                peak_flops_per_s=peak,
+                hbm_bytes_per_s=bw,
+                params=params_cache[key],
+                num_sms=hw.num_sms,
+                m=op.m,
+                n=op.n,
             )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")
             flops, hbm = op.flops * count, op.hbm_bytes * count
-        out.append(OpTiming(op.name, op.kind, op.kernel_class, op.per_stage, t * count, f * count, flops, hbm, op.comm_bytes * count, b))
+        out.append(
+            OpTiming(
+                op.name,
+                op.kind,
+                op.kernel_class,
+                op.per_stage,
+                t * count,
+                f * count,
+                flops,
+                hbm,
+                op.comm_bytes * count,
+                b,
+            )
+        )
     return out
 
 
@@ -107,7 +126,17 @@ class StepResult:
         return np.where(total > 0, self.comm_s / np.where(total > 0, total, 1.0), 0.0)
 
 
-def step(model, hw, layout: Layout, phase: str, seqs_per_group, new_tokens, context, routing=None, micro_batches=None) -> StepResult:
+def step(
+    model,
+    hw,
+    layout: Layout,
+    phase: str,
+    seqs_per_group,
+    new_tokens,
+    context,
+    routing=None,
+    micro_batches=None,
+) -> StepResult:
     """Time of one step. ``seqs_per_group`` sequences per DP group are split into ``pp``
     micro-batches (or ``micro_batches``); overlap='two-batch' splits each once more and hides
     one half's communication under the other's compute (DeepSeek-V3 report section 3.4; SGLang
@@ -158,7 +187,7 @@ def memory_per_gpu(model, hw, layout: Layout, seqs_per_group, context_len, max_t
         down = h * ((model.q_lora_rank or 0) + model.kv_lora_rank + model.qk_rope_head_dim)
         attn = down + (model.attention_params_per_layer - down) / tp  # vLLM replicates q_a / kv_a
     else:
-        d, H, Hkv = model.attn_head_dim, model.num_attention_heads, model.num_key_value_heads
+        d, Hkv = model.attn_head_dim, model.num_key_value_heads
         kv = 2 * h * Hkv * d
         attn = (model.attention_params_per_layer - kv) / tp + kv * np.maximum(1.0 / tp, 1.0 / Hkv)
     n_moe = model.num_moe_layers if model.is_moe else 0
@@ -167,7 +196,9 @@ def memory_per_gpu(model, hw, layout: Layout, seqs_per_group, context_len, max_t
         slots = model.num_experts + np.asarray(layout.redundant_experts, dtype=float)
         resident = 1.0 - np.asarray(layout.offload_fraction, dtype=float)
         experts = slots / ep * model.expert_params / layout.moe_tp * resident
-        per_gpu = per_gpu + n_moe * (experts + model.router_params_per_layer + model.shared_expert_params_per_layer / tp)
+        per_gpu = per_gpu + n_moe * (
+            experts + model.router_params_per_layer + model.shared_expert_params_per_layer / tp
+        )
         per_gpu = per_gpu + (L - n_moe) * model.dense_ffn_params_per_layer / tp
     else:
         per_gpu = per_gpu + L * model.dense_ffn_params_per_layer / tp
@@ -186,15 +217,32 @@ def memory_per_gpu(model, hw, layout: Layout, seqs_per_group, context_len, max_t
     ctx = np.asarray(context_len, dtype=float)
     n_sliding = model.num_sliding_layers
     full_tokens = (L - n_sliding) * ctx
-    sliding_tokens = n_sliding * np.minimum(ctx, model.sliding_window or np.inf) if n_sliding else 0.0
-    kv = np.asarray(seqs_per_group, dtype=float) * (full_tokens + sliding_tokens) * frac * per_tok_layer * kvb
+    sliding_tokens = (
+        n_sliding * np.minimum(ctx, model.sliding_window or np.inf) if n_sliding else 0.0
+    )
+    kv = (
+        np.asarray(seqs_per_group, dtype=float)
+        * (full_tokens + sliding_tokens)
+        * frac
+        * per_tok_layer
+        * kvb
+    )
 
     # Activations of the largest step: a few hidden-size buffers per token plus the local FFN
     # intermediate (gate and up), and fp32 logits of the last positions (vLLM's profile run
     # measures the same peak).
     tokens = np.asarray(max_tokens_per_step, dtype=float)
-    width = max(model.intermediate_size if not model.is_moe else model.expert_intermediate_size * model.top_k, model.shared_intermediate_size, 1)
-    act = tokens * (4.0 * h + 2.0 * width / tp) * ab + np.asarray(seqs_per_group, dtype=float) * model.vocab_size / tp * 4.0
+    width = max(
+        model.intermediate_size
+        if not model.is_moe
+        else model.expert_intermediate_size * model.top_k,
+        model.shared_intermediate_size,
+        1,
+    )
+    act = (
+        tokens * (4.0 * h + 2.0 * width / tp) * ab
+        + np.asarray(seqs_per_group, dtype=float) * model.vocab_size / tp * 4.0
+    )
     return weights, kv, act
 
 
@@ -226,13 +274,26 @@ def predict(
     # context, so the step at the mean context gives the mean step time.
     mean_ctx = input_len + output_len / 2.0
     decode = step(model, hw, layout, "decode", seqs, 1.0, mean_ctx, routing)
-    out = _metrics(model, hw, layout, batch, seqs, input_len, output_len, prefill, decode, max_batched_tokens)
+    out = _metrics(
+        model, hw, layout, batch, seqs, input_len, output_len, prefill, decode, max_batched_tokens
+    )
     if breakdown:
         out["breakdown"] = {"prefill": _rows(prefill), "decode": _rows(decode)}
     return out
 
 
-def _metrics(model, hw, layout, batch, seqs, input_len, output_len, prefill: StepResult, decode: StepResult, max_batched_tokens):
+def _metrics(
+    model,
+    hw,
+    layout,
+    batch,
+    seqs,
+    input_len,
+    output_len,
+    prefill: StepResult,
+    decode: StepResult,
+    max_batched_tokens,
+):
     gpus = layout.num_gpus
     ttft = prefill.time_s
     tpot = decode.time_s
@@ -248,7 +309,11 @@ def _metrics(model, hw, layout, batch, seqs, input_len, output_len, prefill: Ste
     kv_per_seq = np.where(seqs > 0, kv / np.where(seqs > 0, seqs, 1.0), 0.0)
     free = usable - weights - act
     with np.errstate(divide="ignore", invalid="ignore"):
-        max_conc = np.where(kv_per_seq > 0, np.floor(np.maximum(free, 0) / kv_per_seq), 0.0) * layout.arr("dp") * layout.arr("replicas")
+        max_conc = (
+            np.where(kv_per_seq > 0, np.floor(np.maximum(free, 0) / kv_per_seq), 0.0)
+            * layout.arr("dp")
+            * layout.arr("replicas")
+        )
     fits = total <= usable
     shape = np.broadcast(total, possible, batch).shape
     reason = np.broadcast_to(reason, shape).copy()
@@ -296,7 +361,12 @@ def _metrics(model, hw, layout, batch, seqs, input_len, output_len, prefill: Ste
 
 def _routing_fields(stats) -> dict:
     if stats is None:
-        return {"max_load_ratio": 1.0, "active_experts": 1.0, "padding_waste": 0.0, "drop_rate": 0.0}
+        return {
+            "max_load_ratio": 1.0,
+            "active_experts": 1.0,
+            "padding_waste": 0.0,
+            "drop_rate": 0.0,
+        }
     return {
         "max_load_ratio": stats.max_load_ratio,
         "active_experts": stats.active_experts,
@@ -383,7 +453,9 @@ def predict_phase(
     if np.any(no_fit):
         need = np.broadcast_to(total / 1e9, shape)[no_fit]
         reason[no_fit] = [f"needs {n:.1f} GB per GPU, {usable / 1e9:.1f} GB usable" for n in need]
-    reason[np.broadcast_to(seqs < 1, shape) & (reason == "")] = "batch smaller than the number of DP groups x replicas"
+    reason[np.broadcast_to(seqs < 1, shape) & (reason == "")] = (
+        "batch smaller than the number of DP groups x replicas"
+    )
     out.update(
         num_gpus=gpus,
         weights_bytes_per_gpu=weights,

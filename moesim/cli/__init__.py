@@ -54,7 +54,9 @@ _register_all()
 def main() -> None:
     """Entry point: run the app; user errors print one line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:  # typer.Exit(code) comes back as a return value
+            sys.exit(rc)
     except MoesimError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
@@ -65,10 +67,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors (unknown option, bad value) arrive here in non-standalone mode; typer may
+        # vendor its own click, so recognise them by shape rather than by class.
+        if callable(getattr(exc, "show", None)) and isinstance(
+            getattr(exc, "exit_code", None), int
+        ):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped output (files, CI logs) gets a wide console so tables are not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -67,7 +69,16 @@ def si(value: float, unit: str) -> str:
     """Format with an SI prefix: si(3.2e-5, 's') -> '32 µs'."""
     if value == 0 or not math.isfinite(value):
         return f"{value} {unit}"
-    prefixes = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
+    prefixes = [
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1, ""),
+        (1e-3, "m"),
+        (1e-6, "µ"),
+        (1e-9, "n"),
+    ]
     for scale, p in prefixes:
         if abs(value) >= scale:
             return f"{value / scale:.3g} {p}{unit}"

@@ -6,11 +6,40 @@ from rich.table import Table
 
 from moesim.cli._common import console, si
 
-_SECONDS = ("ttft_s", "tpot_s", "e2e_latency_s", "ttft_floor_s", "tpot_floor_s", "queue_delay_s", "ttft_with_queue_s")
-_RATES = ("output_tokens_per_s_per_gpu", "output_tokens_per_s_per_user", "prefill_tokens_per_s_per_gpu", "decode_tokens_per_s_per_gpu")
-_BYTES = ("weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "activation_bytes_per_gpu", "memory_bytes_per_gpu", "memory_capacity_bytes_per_gpu")
+_SECONDS = (
+    "ttft_s",
+    "tpot_s",
+    "e2e_latency_s",
+    "ttft_floor_s",
+    "tpot_floor_s",
+    "queue_delay_s",
+    "ttft_with_queue_s",
+)
+_RATES = (
+    "output_tokens_per_s_per_gpu",
+    "output_tokens_per_s_per_user",
+    "prefill_tokens_per_s_per_gpu",
+    "decode_tokens_per_s_per_gpu",
+)
+_BYTES = (
+    "weights_bytes_per_gpu",
+    "kv_cache_bytes_per_gpu",
+    "activation_bytes_per_gpu",
+    "memory_bytes_per_gpu",
+    "memory_capacity_bytes_per_gpu",
+)
 _MONEY = ("usd_per_million_output_tokens", "usd_per_million_input_tokens")
-_RATIOS = ("prefill_comm_share", "decode_comm_share", "max_load_ratio", "active_experts", "padding_waste", "drop_rate", "max_concurrency", "power_w", "num_gpus")
+_RATIOS = (
+    "prefill_comm_share",
+    "decode_comm_share",
+    "max_load_ratio",
+    "active_experts",
+    "padding_waste",
+    "drop_rate",
+    "max_concurrency",
+    "power_w",
+    "num_gpus",
+)
 
 
 def print_prediction(res: dict, breakdown: bool = False) -> None:
@@ -53,7 +82,9 @@ def print_prediction(res: dict, breakdown: bool = False) -> None:
 
 def print_breakdown(phase: str, rows: list[dict]) -> None:
     total = sum(float(r["time_s"]) for r in rows) or 1.0
-    table = Table(title=f"{phase}: per-operator breakdown (per step, busiest GPU)", title_justify="left")
+    table = Table(
+        title=f"{phase}: per-operator breakdown (per step, busiest GPU)", title_justify="left"
+    )
     for col in ("op", "class", "time", "share", "floor", "GFLOP", "HBM GB", "comm GB", "bound"):
         table.add_column(col, justify="left" if col in ("op", "class", "bound") else "right")
     for r in sorted(rows, key=lambda r: -float(r["time_s"])):
@@ -61,8 +92,14 @@ def print_breakdown(phase: str, rows: list[dict]) -> None:
         if t == 0:
             continue
         table.add_row(
-            r["op"], r["kernel_class"], si(t, "s"), f"{t / total:.1%}", si(float(r["floor_s"]), "s"),
-            f"{float(r['flops']) / 1e9:,.2f}", f"{float(r['hbm_bytes']) / 1e9:,.3f}",
-            f"{float(r['comm_bytes']) / 1e9:,.3f}", str(r["bound"]),
+            r["op"],
+            r["kernel_class"],
+            si(t, "s"),
+            f"{t / total:.1%}",
+            si(float(r["floor_s"]), "s"),
+            f"{float(r['flops']) / 1e9:,.2f}",
+            f"{float(r['hbm_bytes']) / 1e9:,.3f}",
+            f"{float(r['comm_bytes']) / 1e9:,.3f}",
+            str(r["bound"]),
         )
     console.print(table)

@@ -6,7 +6,9 @@ import typer
 
 ORDER = 35
 
-kernel_app = typer.Typer(help="Predict single kernels: a GEMM, or one MoE layer's expert compute.", no_args_is_help=True)
+kernel_app = typer.Typer(
+    help="Predict single kernels: a GEMM, or one MoE layer's expert compute.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +38,9 @@ def gemm(
     n: int = typer.Option(..., "--n", min=1, help="Output columns."),
     k: int = typer.Option(..., "--k", min=1, help="Reduction dimension."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16, fp8, fp32."),
-    hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware profile name or YAML path."),
+    hardware: str = typer.Option(
+        ..., "--hardware", "-H", help="Hardware profile name or YAML path."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from moesim.hardware import load_hardware
@@ -44,24 +48,48 @@ def gemm(
 
     hw = load_hardware(hardware)
     res = gemm_cost(hw, m, n, k, dtype)
-    res = {"m": m, "n": n, "k": k, "dtype": dtype, "hardware": hw.name, "calibration": hw.efficiency.source} | res
+    res = {
+        "m": m,
+        "n": n,
+        "k": k,
+        "dtype": dtype,
+        "hardware": hw.name,
+        "calibration": hw.efficiency.source,
+    } | res
     res["achieved_tflops"] = float(res["flops"]) / float(res["latency_s"]) / 1e12
     _emit(res, as_json, f"GEMM {m}x{n}x{k} {dtype} on {hw.name}")
 
 
-@kernel_app.command("moe", help="One MoE layer's expert compute (gate/up GEMM, activation, down GEMM) on the busiest EP rank.")
+@kernel_app.command(
+    "moe",
+    help="One MoE layer's expert compute (gate/up GEMM, activation, down GEMM) on the busiest EP rank.",
+)
 def moe(
-    tokens: int = typer.Option(..., "--tokens", min=0, help="Tokens entering the layer (whole EP group)."),
+    tokens: int = typer.Option(
+        ..., "--tokens", min=0, help="Tokens entering the layer (whole EP group)."
+    ),
     experts: int = typer.Option(..., "--experts", min=1, help="Routed experts E."),
     top_k: int = typer.Option(..., "--top-k", min=1, help="Experts per token k."),
     hidden: int = typer.Option(..., "--hidden", min=1, help="Hidden size h."),
-    intermediate: int = typer.Option(..., "--intermediate", min=1, help="Expert intermediate size I."),
+    intermediate: int = typer.Option(
+        ..., "--intermediate", min=1, help="Expert intermediate size I."
+    ),
     dtype: str = typer.Option("bf16", "--dtype", help="Weight / compute dtype."),
-    hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware profile name or YAML path."),
-    ep: int = typer.Option(1, "--ep", min=1, help="Expert-parallel GPUs the experts are spread over."),
-    routing: str = typer.Option("uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"),
-    capacity_factor: float | None = typer.Option(None, "--capacity-factor", min=0.0, help="Capacity factor C."),
-    block_m: int = typer.Option(64, "--block-m", min=1, help="Block M that each expert's tokens pad to."),
+    hardware: str = typer.Option(
+        ..., "--hardware", "-H", help="Hardware profile name or YAML path."
+    ),
+    ep: int = typer.Option(
+        1, "--ep", min=1, help="Expert-parallel GPUs the experts are spread over."
+    ),
+    routing: str = typer.Option(
+        "uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"
+    ),
+    capacity_factor: float | None = typer.Option(
+        None, "--capacity-factor", min=0.0, help="Capacity factor C."
+    ),
+    block_m: int = typer.Option(
+        64, "--block-m", min=1, help="Block M that each expert's tokens pad to."
+    ),
     plain: bool = typer.Option(False, "--plain", help="Non-gated FFN (2 matrices instead of 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -73,11 +101,37 @@ def moe(
     if top_k > experts:
         raise MoesimError(f"--top-k {top_k} exceeds --experts {experts}")
     hw = load_hardware(hardware)
-    res = moe_cost(hw, tokens, experts, top_k, hidden, intermediate, dtype, ep=ep, routing=parse_routing(routing),
-                   block_m=block_m, capacity_factor=capacity_factor, gated=not plain)
-    res = {"tokens": tokens, "experts": experts, "top_k": top_k, "hidden": hidden, "intermediate": intermediate,
-           "dtype": dtype, "ep": ep, "routing": routing, "hardware": hw.name, "calibration": hw.efficiency.source} | res
+    res = moe_cost(
+        hw,
+        tokens,
+        experts,
+        top_k,
+        hidden,
+        intermediate,
+        dtype,
+        ep=ep,
+        routing=parse_routing(routing),
+        block_m=block_m,
+        capacity_factor=capacity_factor,
+        gated=not plain,
+    )
+    res = {
+        "tokens": tokens,
+        "experts": experts,
+        "top_k": top_k,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "dtype": dtype,
+        "ep": ep,
+        "routing": routing,
+        "hardware": hw.name,
+        "calibration": hw.efficiency.source,
+    } | res
     lat = float(res["latency_s"])
     res["achieved_tflops"] = float(res["flops"]) / lat / 1e12 if lat > 0 else 0.0
     res["achieved_gbps"] = float(res["hbm_bytes"]) / lat / 1e9 if lat > 0 else 0.0
-    _emit(res, as_json, f"MoE layer T={tokens} E={experts} k={top_k} h={hidden} I={intermediate} on {hw.name}")
+    _emit(
+        res,
+        as_json,
+        f"MoE layer T={tokens} E={experts} k={top_k} h={hidden} I={intermediate} on {hw.name}",
+    )

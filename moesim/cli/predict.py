@@ -2,77 +2,170 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
 ORDER = 30
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     both = "both"
     prefill = "prefill"
     decode = "decode"
 
 
-class Overlap(str, Enum):
+class Overlap(StrEnum):
     none = "none"
     two_batch = "two-batch"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict", help="Predict TTFT, TPOT, throughput, memory fit and $/Mtok of a serving setup.")(predict_cmd)
+    app.command(
+        "predict", help="Predict TTFT, TPOT, throughput, memory fit and $/Mtok of a serving setup."
+    )(predict_cmd)
 
 
 def predict_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="Preset name (moesim model list) or path to a config.json / preset YAML."),
-    hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware profile name (moesim hw list) or YAML path."),
-    batch: int = typer.Option(..., "--batch", "-b", min=1, help="Concurrent sequences across the whole layout."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Preset name (moesim model list) or path to a config.json / preset YAML.",
+    ),
+    hardware: str = typer.Option(
+        ..., "--hardware", "-H", help="Hardware profile name (moesim hw list) or YAML path."
+    ),
+    batch: int = typer.Option(
+        ..., "--batch", "-b", min=1, help="Concurrent sequences across the whole layout."
+    ),
     input_len: int = typer.Option(1024, "--input-len", min=1, help="Prompt tokens per request."),
-    output_len: int = typer.Option(256, "--output-len", min=1, help="Generated tokens per request."),
-    context_len: int | None = typer.Option(None, "--context-len", min=1, help="Decode phase: tokens of context per sequence (default input+output/2)."),
-    phase: Phase = typer.Option(Phase.both, "--phase", help="both: a static batch end to end; decode / prefill: one pool's steady state."),
-    tp: int = typer.Option(1, "--tp", min=1, help="Tensor parallel size (attention; and experts unless --ep)."),
+    output_len: int = typer.Option(
+        256, "--output-len", min=1, help="Generated tokens per request."
+    ),
+    context_len: int | None = typer.Option(
+        None,
+        "--context-len",
+        min=1,
+        help="Decode phase: tokens of context per sequence (default input+output/2).",
+    ),
+    phase: Phase = typer.Option(
+        Phase.both,
+        "--phase",
+        help="both: a static batch end to end; decode / prefill: one pool's steady state.",
+    ),
+    tp: int = typer.Option(
+        1, "--tp", min=1, help="Tensor parallel size (attention; and experts unless --ep)."
+    ),
     ep: int = typer.Option(1, "--ep", min=1, help="Expert parallel size (divides tp*dp)."),
     pp: int = typer.Option(1, "--pp", min=1, help="Pipeline stages."),
-    dp: int = typer.Option(1, "--dp", min=1, help="Attention data-parallel groups per stage (DP attention)."),
-    replicas: int = typer.Option(1, "--replicas", min=1, help="Independent copies of the whole layout."),
-    nodes: int | None = typer.Option(None, "--nodes", min=1, help="Nodes; with --gpus-per-node, unset --dp fills them with DP attention."),
-    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", min=1, help="GPUs per node (default: the profile's)."),
+    dp: int = typer.Option(
+        1, "--dp", min=1, help="Attention data-parallel groups per stage (DP attention)."
+    ),
+    replicas: int = typer.Option(
+        1, "--replicas", min=1, help="Independent copies of the whole layout."
+    ),
+    nodes: int | None = typer.Option(
+        None,
+        "--nodes",
+        min=1,
+        help="Nodes; with --gpus-per-node, unset --dp fills them with DP attention.",
+    ),
+    gpus_per_node: int | None = typer.Option(
+        None, "--gpus-per-node", min=1, help="GPUs per node (default: the profile's)."
+    ),
     dtype: str = typer.Option("bf16", "--dtype", help="Weight dtype: bf16, fp16, fp8, fp4."),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8."),
-    dispatch_dtype: str = typer.Option("bf16", "--dispatch-dtype", help="EP dispatch payload: bf16 or fp8 (DeepEP)."),
-    overlap: Overlap = typer.Option(Overlap.none, "--overlap", help="Compute/communication overlap: none or two-batch."),
-    routing: str = typer.Option("uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"),
-    capacity_factor: float | None = typer.Option(None, "--capacity-factor", min=0.0, help="Expert capacity factor C (tokens over C*T*k/E are dropped)."),
-    redundant_experts: int = typer.Option(0, "--redundant-experts", min=0, help="Extra expert replicas (EPLB) spread over the EP group."),
-    block_m: int = typer.Option(64, "--block-m", min=1, help="Grouped-GEMM block M that expert tokens pad to."),
-    offload: float = typer.Option(0.0, "--offload", min=0.0, max=1.0, help="Fraction of each GPU's routed experts kept in host memory."),
-    disaggregate: str | None = typer.Option(None, "--disaggregate", help="Separate pools, e.g. 'prefill=tp8;decode=tp1,dp16,ep16[,hw=h200]' (see README)."),
-    rate: float | None = typer.Option(None, "--rate", min=0.0, help="Arrival rate (requests/s) for queueing delay and pool sizing."),
+    dispatch_dtype: str = typer.Option(
+        "bf16", "--dispatch-dtype", help="EP dispatch payload: bf16 or fp8 (DeepEP)."
+    ),
+    overlap: Overlap = typer.Option(
+        Overlap.none, "--overlap", help="Compute/communication overlap: none or two-batch."
+    ),
+    routing: str = typer.Option(
+        "uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"
+    ),
+    capacity_factor: float | None = typer.Option(
+        None,
+        "--capacity-factor",
+        min=0.0,
+        help="Expert capacity factor C (tokens over C*T*k/E are dropped).",
+    ),
+    redundant_experts: int = typer.Option(
+        0,
+        "--redundant-experts",
+        min=0,
+        help="Extra expert replicas (EPLB) spread over the EP group.",
+    ),
+    block_m: int = typer.Option(
+        64, "--block-m", min=1, help="Grouped-GEMM block M that expert tokens pad to."
+    ),
+    offload: float = typer.Option(
+        0.0,
+        "--offload",
+        min=0.0,
+        max=1.0,
+        help="Fraction of each GPU's routed experts kept in host memory.",
+    ),
+    disaggregate: str | None = typer.Option(
+        None,
+        "--disaggregate",
+        help="Separate pools, e.g. 'prefill=tp8;decode=tp1,dp16,ep16[,hw=h200]' (see README).",
+    ),
+    rate: float | None = typer.Option(
+        None,
+        "--rate",
+        min=0.0,
+        help="Arrival rate (requests/s) for queueing delay and pool sizing.",
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from moesim.api import build_layout, run_prediction
 
     layout, notes = build_layout(
-        model, hardware, tp=tp, ep=ep, pp=pp, dp=dp, replicas=replicas, nodes=nodes,
-        gpus_per_node=gpus_per_node, dtype=dtype, kv_dtype=kv_dtype, dispatch_dtype=dispatch_dtype,
-        overlap=overlap.value, redundant_experts=redundant_experts, offload=offload,
+        model,
+        hardware,
+        tp=tp,
+        ep=ep,
+        pp=pp,
+        dp=dp,
+        replicas=replicas,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        dtype=dtype,
+        kv_dtype=kv_dtype,
+        dispatch_dtype=dispatch_dtype,
+        overlap=overlap.value,
+        redundant_experts=redundant_experts,
+        offload=offload,
     )
     result = run_prediction(
-        model, hardware, layout, batch=batch, input_len=input_len, output_len=output_len,
-        context_len=context_len, phase=phase.value, routing=routing, capacity_factor=capacity_factor,
-        block_m=block_m, breakdown=breakdown, disaggregate=disaggregate, rate=rate,
+        model,
+        hardware,
+        layout,
+        batch=batch,
+        input_len=input_len,
+        output_len=output_len,
+        context_len=context_len,
+        phase=phase.value,
+        routing=routing,
+        capacity_factor=capacity_factor,
+        block_m=block_m,
+        breakdown=breakdown,
+        disaggregate=disaggregate,
+        rate=rate,
     )
     if notes:
         result["notes"] = notes
     from moesim.cli._common import print_json
     from moesim.cli._report import print_prediction
 
+    feasible = bool(result.get("feasible", True))
     if as_json:
         print_json(result)
-    else:
+    elif feasible:
         print_prediction(result, breakdown=breakdown)
-    if not result.get("feasible", True):
-        raise typer.Exit(3)
+    if not feasible:
+        typer.secho(f"error: infeasible layout: {result.get('reason')}", fg="red", err=True)
+        raise typer.Exit(2)
