@@ -110,6 +110,10 @@ def run_prediction(
 
     m, hw = resolve(model, hardware)
     ropts = routing_options(routing, capacity_factor, block_m)
+    if np.any(layout.arr("offload_fraction") > 0) and m.is_moe:
+        from moesim.offload import with_offload
+
+        ropts = with_offload(ropts, m)  # hit rate of a cache of the hottest experts
     if m.is_moe is False and layout.arr("ep").max() > 1:
         raise MoesimError(
             f"--ep {int(layout.arr('ep').max())} needs an MoE model; {m.name} is dense"
@@ -127,6 +131,7 @@ def run_prediction(
             routing=ropts,
             rate=rate,
             breakdown=breakdown,
+            base=layout,
         )
     elif phase == "both":
         res = serving.predict(
