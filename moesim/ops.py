@@ -46,6 +46,9 @@ class Op:
     inter_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     crosses_domain: np.ndarray = field(default_factory=lambda: np.asarray(False))
     per_stage: bool = True  # False: runs once per step (embedding, LM head), not on every stage
+    launches: float = (
+        1.0  # kernels the operator takes in a serving engine (each pays the launch cost)
+    )
 
     @property
     def is_comm(self) -> bool:
@@ -89,6 +92,35 @@ def causal_pairs(new_tokens, context, window=None) -> np.ndarray:
     w = float(window)
     n1 = np.clip(w - p, 0.0, n)  # tokens whose whole history fits in the window
     return n1 * p + n1 * (n1 + 1.0) / 2.0 + (n - n1) * w
+
+
+# Kernels each operator takes in a serving engine; every kernel pays the profile's launch cost
+# (with CUDA graphs, the minimum duration of a kernel). Counted from vLLM's model code:
+# LlamaDecoderLayer (fused add+RMSNorm x2; qkv GEMM; rotary, reshape_and_cache, flash-attn;
+# o_proj), FusedMoE / fused_moe.py (topk_softmax; moe_align_block_size, gate-up GEMM,
+# silu_and_mul, down GEMM, moe_sum), DeepseekV2MLAAttention (q_a GEMM fused with kv_a, two
+# LoRA RMSNorms; q_b; W_UK / W_UV bmm; rotary, concat_and_cache_mla, FlashMLA metadata, kernel,
+# split-KV combine), and the sampler (softmax, top-k/top-p, sample).
+KERNELS_PER_OP = {
+    "norms": 2,
+    "attn.q_a_kv_a": 3,
+    "attn.kv_a": 2,
+    ("attn.core", "prefill"): 3,
+    ("attn.core", "decode"): 3,
+    ("attn.core", "decode", "mla"): 4,
+    ("attn.core_sliding", "prefill"): 3,
+    ("attn.core_sliding", "decode"): 3,
+    "attn.absorb": 2,
+    "moe.router": 2,
+    "moe.experts": 5,
+    "sampler": 3,
+}
+
+
+def _kernel_count(name: str, phase: str, mla: bool) -> float:
+    if mla and (name, phase, "mla") in KERNELS_PER_OP:
+        return KERNELS_PER_OP[(name, phase, "mla")]
+    return KERNELS_PER_OP.get((name, phase), KERNELS_PER_OP.get(name, 1))
 
 
 @dataclass(frozen=True)
@@ -473,6 +505,9 @@ def step_ops(
     # These run once per step, not once per stage (per_stage=False).
     once = [
         memory_op("embedding", "lm_head", 2.0 * T * h * ab, 1.0),
+        # Sampling reads the fp32 logits of each sequence twice (softmax, top-k/top-p) and
+        # writes the probabilities once.
+        memory_op("sampler", "lm_head", 3.0 * s.seqs * model.vocab_size * 4.0, 1.0),
         gemm_op("lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt, 1.0),
         # Logit shards are gathered to one rank (an all-gather: half an all-reduce's traffic).
         Op(
@@ -501,4 +536,6 @@ def step_ops(
         )
         send.per_stage = False  # (pp - 1) sends per micro-batch: counted by the pipeline
         ops.append(send)
+    for op in ops:
+        op.launches = _kernel_count(op.name, phase, model.is_mla)
     return ops, stats

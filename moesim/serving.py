@@ -78,6 +78,7 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                 num_sms=hw.num_sms,
                 m=op.m,
                 n=op.n,
+                launches=op.launches,
             )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")
