@@ -61,6 +61,8 @@ def allreduce_time_s(message_bytes, group_size, net: Network) -> np.ndarray:
     """
     size = np.asarray(message_bytes, dtype=float)
     n = np.asarray(group_size, dtype=float)
+    if not np.any((n > 1) & (size > 0)):
+        return np.zeros(np.broadcast(size, n).shape)
     d = np.minimum(n, net.domain_size)
     m = domains_spanned(n, net.domain_size)
     intra_bytes = 2.0 * (d - 1.0) / np.maximum(d, 1.0) * size
@@ -69,7 +71,7 @@ def allreduce_time_s(message_bytes, group_size, net: Network) -> np.ndarray:
     intra = np.where(d > 1, net.scaleup_latency_s + intra_bytes / net.scaleup_bytes_per_s, 0.0)
     inter_bytes = 2.0 * (m - 1.0) / np.maximum(m, 1.0) * size / np.maximum(d, 1.0)
     inter = np.where(m > 1, net.scaleout_latency_s + inter_bytes / net.scaleout_bytes_per_s, 0.0)
-    return np.where(n > 1, intra + inter, 0.0)
+    return np.where((n > 1) & (size > 0), intra + inter, 0.0)
 
 
 def remote_domain_fraction(group_size, domain_size: int) -> np.ndarray:

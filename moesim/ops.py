@@ -300,15 +300,19 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
     moe_tp = layout.moe_tp
     wb = dtype_bytes(layout.weight_dtype)
     ab = dtype_bytes(layout.act_dtype)
+    redundant = _scalar_int(layout.redundant_experts, "redundant_experts")
+    # Points whose EP size cannot hold the experts are infeasible (check_layout says why); they
+    # are evaluated at ep=1 so that one bad point does not stop a vectorised sweep.
+    ep_ok = ((E + redundant) % ep == 0) & (ep <= E + redundant)
     stats = routing_stats(
         s.tokens_stage,
         k,
         E,
-        ep=ep,
+        ep=np.where(ep_ok, ep, 1.0),
         dist=routing.dist or UNIFORM,
         block_m=routing.block_m,
         capacity_factor=routing.capacity_factor,
-        redundant_experts=_scalar_int(layout.redundant_experts, "redundant_experts"),
+        redundant_experts=redundant,
     )
     load = stats.max_gpu_load
     padded = stats.padded_assignments_max_gpu

@@ -54,8 +54,25 @@ def smoothmax(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
         return hi
     lo = np.minimum(a, b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(hi > 0, lo / np.where(hi > 0, hi, 1.0), 0.0)
-    return hi * (1.0 + ratio**p) ** (1.0 / p)
+        ratio = lo / hi
+    ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
+    if float(p).is_integer() and 1 <= p <= 16:
+        term = _int_power(ratio, int(p))  # repeated squaring: far cheaper than a float power
+    else:
+        term = ratio**p
+    return hi * (1.0 + term) ** (1.0 / p)
+
+
+def _int_power(x: np.ndarray, n: int) -> np.ndarray:
+    result = None
+    base = x
+    while n:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return result
 
 
 def quantisation_efficiency(m, n, tile_m: int, tile_n: int, num_sms: int) -> np.ndarray:

@@ -786,6 +786,8 @@ class Plan:
             parts.append(cols)
         if not parts:
             return {}
+        if len(parts) == 1:
+            return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def chunks(self, chunk_size: int) -> list[tuple[int, int]]:

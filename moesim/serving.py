@@ -315,20 +315,8 @@ def _metrics(
             * layout.arr("dp")
             * layout.arr("replicas")
         )
-    fits = total <= usable
     shape = np.broadcast(total, possible, batch).shape
-    reason = np.broadcast_to(reason, shape).copy()
-    no_fit = np.broadcast_to(~fits, shape) & (reason == "")
-    if np.any(no_fit):
-        need = np.broadcast_to(total / 1e9, shape)[no_fit]
-        weights_gb = np.broadcast_to(weights / 1e9, shape)[no_fit]
-        reason[no_fit] = [
-            f"needs {n:.1f} GB per GPU ({w:.1f} GB weights), {usable / 1e9:.1f} GB usable"
-            for n, w in zip(need, weights_gb, strict=True)
-        ]
-    small = np.broadcast_to(seqs < 1, shape) & (reason == "")
-    reason[small] = "batch smaller than the number of DP groups x replicas"
-    feasible = reason == ""
+    feasible, reason = feasibility(reason, total, weights, usable, seqs, shape)
 
     stats = decode.routing
     res = {
@@ -358,6 +346,36 @@ def _metrics(
     }
     res.update(_routing_fields(stats))
     return res
+
+
+def feasibility(layout_reason, total, weights, usable: float, seqs, shape):
+    """(feasible, reason) arrays of ``shape``: the layout's own reason first, then memory fit,
+    then a batch too small to give every DP group a sequence. Memory reasons carry the numbers,
+    formatted once per distinct (need, weights) pair so a million points cost one sort."""
+    layout_reason = np.asarray(layout_reason, dtype=object)
+    bad_layout = np.broadcast_to(layout_reason != "", shape)
+    no_fit = np.broadcast_to(np.asarray(total) > usable, shape) & ~bad_layout
+    small = np.broadcast_to(np.asarray(seqs) < 1, shape) & ~bad_layout & ~no_fit
+    reason = np.full(shape, "", dtype=object)
+    if np.any(bad_layout):
+        reason[bad_layout] = np.broadcast_to(layout_reason, shape)[bad_layout]
+    if np.any(no_fit):
+        need = np.round(np.broadcast_to(np.asarray(total) / 1e8, shape)[no_fit])
+        held = np.round(np.broadcast_to(np.asarray(weights) / 1e8, shape)[no_fit])
+        key = need.astype(np.int64) * (1 << 32) + held.astype(np.int64)
+        keys, inverse = np.unique(key, return_inverse=True)
+        text = np.array(
+            [
+                f"needs {(k >> 32) / 10:.1f} GB per GPU ({(k & 0xFFFFFFFF) / 10:.1f} GB weights), "
+                f"{usable / 1e9:.1f} GB usable"
+                for k in keys.tolist()
+            ],
+            dtype=object,
+        )
+        reason[no_fit] = text[inverse.ravel()]
+    if np.any(small):
+        reason[small] = "batch smaller than the number of DP groups x replicas"
+    return ~(bad_layout | no_fit | small), reason
 
 
 def _routing_fields(stats) -> dict:
@@ -449,14 +467,7 @@ def predict_phase(
     usable = hw.hbm_capacity_bytes * layout.memory_utilization
     total = weights + kv + act
     shape = np.broadcast(total, possible, batch).shape
-    reason = np.broadcast_to(reason, shape).copy()
-    no_fit = np.broadcast_to(total > usable, shape) & (reason == "")
-    if np.any(no_fit):
-        need = np.broadcast_to(total / 1e9, shape)[no_fit]
-        reason[no_fit] = [f"needs {n:.1f} GB per GPU, {usable / 1e9:.1f} GB usable" for n in need]
-    reason[np.broadcast_to(seqs < 1, shape) & (reason == "")] = (
-        "batch smaller than the number of DP groups x replicas"
-    )
+    feasible, reason = feasibility(reason, total, weights, usable, seqs, shape)
     out.update(
         num_gpus=gpus,
         weights_bytes_per_gpu=weights,
@@ -464,7 +475,7 @@ def predict_phase(
         activation_bytes_per_gpu=act,
         memory_bytes_per_gpu=total,
         memory_capacity_bytes_per_gpu=np.asarray(hw.hbm_capacity_bytes),
-        feasible=reason == "",
+        feasible=feasible,
         reason=reason,
         power_w=hw.tdp_w * gpus,
     )

@@ -86,12 +86,137 @@ def evaluate_chunk(plan: Plan, start: int, stop: int) -> dict[str, np.ndarray]:
     """Inputs (categorical ones as codes) and metrics of points ``start .. stop-1``."""
     cols = plan.rows(start, stop)
     n = stop - start
-    out = {name: np.full(n, np.nan) for name in METRICS}
+    # One 2-D block for every metric: rows are views, and the frame adopts it without a copy.
+    block_2d = np.full((len(METRICS), n), np.nan)
+    out: dict = {name: block_2d[i] for i, name in enumerate(METRICS)}
+    out["_metrics"] = block_2d
     out["feasible"] = np.zeros(n, dtype=bool)
     out["reason"] = np.full(n, "", dtype=object)
-    for key_rows in _groups(cols):
-        _evaluate_group(plan, cols, key_rows, out)
+    block = _aligned_block(plan, start, stop)
+    if block is not None:
+        _evaluate_broadcast(plan, block, start, stop, out)
+    else:
+        for key_rows in _groups(cols):
+            _evaluate_group(plan, cols, key_rows, out)
     return cols | out
+
+
+def _aligned_block(plan: Plan, start: int, stop: int):
+    """The block holding rows ``start..stop-1`` if they are whole slices of its leading axis."""
+    for b in plan.blocks:
+        if b.offset <= start and stop <= b.offset + b.size:
+            if not b.shape:
+                return b if (start, stop) == (b.offset, b.offset + b.size) else None
+            stride = b.size // b.shape[0]
+            lo, hi = start - b.offset, stop - b.offset
+            return b if lo % stride == 0 and hi % stride == 0 else None
+    return None
+
+
+def block_chunks(plan: Plan, total: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of about ``chunk_rows`` that never cross a block and cut blocks only between
+    slices of their leading axis, so each chunk is a dense sub-grid (deterministic: depends on
+    the plan alone). Rows past ``total`` (a --limit) end the last chunk early."""
+    chunks = []
+    for b in plan.blocks:
+        if b.offset >= total:
+            break
+        stride = b.size // b.shape[0] if b.shape else b.size
+        step = max(1, chunk_rows // max(stride, 1)) * stride
+        end = min(b.offset + b.size, total)
+        chunks += [(s, min(s + step, end)) for s in range(b.offset, end, step)]
+    return chunks
+
+
+def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None:
+    """Evaluate a dense sub-grid with its numeric axes as orthogonal numpy dimensions.
+
+    Each operator's cost then depends only on the axes it involves (a GEMM on tp and batch is
+    computed over tp x batch, not over every output length); numpy broadcasting assembles the
+    full grid at the end. Dimensions holding categorical or scalar-only inputs (model, dtype,
+    routing, redundant experts, ...) are looped over: the cost path takes those as scalars.
+    """
+    from moesim import serving
+    from moesim.deployment import Layout
+    from moesim.ops import RoutingOptions
+
+    loaded, cat = plan.loaded, plan.categories
+    stride = b.size // b.shape[0] if b.shape else 1
+    a0, a1 = (start - b.offset) // stride, (stop - b.offset) // stride
+    shape = ((a1 - a0),) + tuple(b.shape[1:]) if b.shape else ()
+    nd = len(shape)
+    where: dict[str, tuple[int | None, np.ndarray]] = {}
+    for d, names in enumerate(b.dims):
+        for name in names:
+            values = b.axes[name]
+            where[name] = (d, values[a0:a1] if d == 0 else values)
+    for name, values in b.axes.items():
+        where.setdefault(name, (None, values[:1]))
+    scalar_only = set(CATEGORICAL) | set(SCALAR_NUMERIC)
+    outer = sorted({d for name, (d, _) in where.items() if d is not None and name in scalar_only})
+    full = {name: out[name].reshape(shape) for name in METRICS}  # views into the chunk's block
+    feasible = out["feasible"].reshape(shape)
+    reason = out["reason"].reshape(shape)
+    import itertools
+
+    for combo in itertools.product(*(range(shape[d]) for d in outer)):
+        pick = dict(zip(outer, combo, strict=True))
+
+        def value(name, pick=pick):
+            d, values = where[name]
+            if d is None:
+                return values[0]
+            if d in pick:
+                return values[pick[d]]
+            dims = [1] * nd
+            dims[d] = len(values)
+            return values.reshape(dims)
+
+        def code(name, value=value):
+            return cat[name][int(value(name))]
+
+        lay = loaded.scenario.layouts[b.layout_index]
+        tp, dp = value("tp"), value("dp")
+        layout = Layout(
+            tp=tp,
+            ep=tp * dp if b.ep_spans_stage else value("ep"),
+            pp=value("pp"),
+            dp=dp,
+            replicas=value("replicas"),
+            weight_dtype=code("weight_dtype"),
+            kv_dtype=code("kv_dtype"),
+            act_dtype=code("act_dtype"),
+            dispatch_dtype=code("dispatch_dtype"),
+            overlap=code("overlap"),
+            redundant_experts=int(value("redundant_experts")),
+            offload_fraction=value("offload_fraction"),
+            memory_utilization=lay.memory_utilization,
+            gpus_per_node=lay.gpus_per_node,
+        )
+        routing = RoutingOptions(
+            dist=loaded.routing[code("routing")],
+            block_m=int(code("block_m")),
+            capacity_factor=code("capacity_factor"),
+        )
+        model = loaded.models[int(value("model"))]
+        hw = loaded.hardware[int(value("hardware"))]
+        phase = code("phase")
+        kw = dict(batch=value("batch"), input_len=value("input_len"), routing=routing)
+        if phase == "both":
+            res = serving.predict(model, hw, layout, output_len=value("output_len"), **kw)
+        else:
+            ctx = value("context_len")
+            ctx = np.where(np.isnan(ctx), value("input_len") + value("output_len") / 2.0, ctx)
+            res = serving.predict_phase(model, hw, layout, phase=phase, context_len=ctx, **kw)
+        index = tuple(slice(pick[d], pick[d] + 1) if d in pick else slice(None) for d in range(nd))
+        target = tuple(1 if d in pick else shape[d] for d in range(nd))
+        for name in METRICS:
+            if name in res:
+                full[name][index] = np.broadcast_to(np.asarray(res[name], dtype=float), target)
+            else:
+                full[name][index] = np.nan
+        feasible[index] = np.broadcast_to(res["feasible"], target)
+        reason[index] = np.broadcast_to(res["reason"], target)
 
 
 def _groups(cols: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -179,7 +304,7 @@ def run_plan(
 ) -> pd.DataFrame:
     """Evaluate the first ``limit`` points (all by default) of ``plan`` as a tidy frame."""
     total = plan.size if limit is None else min(plan.size, int(limit))
-    chunks = [(s, min(s + chunk_rows, total)) for s in range(0, total, chunk_rows)]
+    chunks = block_chunks(plan, total, chunk_rows)
     if scheduler:
         parts = _run_dask(plan, chunks, scheduler, workers, progress)
     elif workers > 1 and len(chunks) > 1:
@@ -268,7 +393,13 @@ def to_frame(plan: Plan, parts: list[dict]) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["model", "hardware", *METRICS, "feasible", "reason", "meets_slo"]
         )
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    block_2d = np.concatenate([p["_metrics"] for p in parts], axis=1)
+    cols = {
+        k: np.concatenate([p[k] for p in parts])
+        for k in parts[0]
+        if k not in METRICS and k != "_metrics"
+    }
+    cols |= {name: block_2d[i] for i, name in enumerate(METRICS)}
     data: dict[str, object] = {}
     for name in ("model", "hardware"):
         data[name] = pd.Categorical.from_codes(cols[name], categories=plan.categories[name])
@@ -289,13 +420,20 @@ def to_frame(plan: Plan, parts: list[dict]) -> pd.DataFrame:
     caps = np.array([np.nan if c is None else float(c) for c in plan.categories["capacity_factor"]])
     data["capacity_factor"] = caps[cols["capacity_factor"]]
     data["block_m"] = np.asarray(plan.categories["block_m"], dtype=np.int64)[cols["block_m"]]
-    for name in METRICS:
-        data[name] = cols[name]
-    data["num_gpus"] = np.rint(cols["num_gpus"]).astype(np.int64)
-    data["feasible"] = cols["feasible"]
-    data["reason"] = pd.Categorical(cols["reason"])
-    data["meets_slo"] = meets_slo(cols, sc.slo)
-    return pd.DataFrame(data)
+    cut = METRICS.index("num_gpus")
+    tail = {
+        "feasible": cols["feasible"],
+        "reason": pd.Categorical(cols["reason"]),
+        "meets_slo": meets_slo(cols, sc.slo),
+    }
+    frames = [
+        pd.DataFrame(data),
+        pd.DataFrame(block_2d[:cut].T, columns=list(METRICS[:cut]), copy=False),
+        pd.DataFrame({"num_gpus": np.rint(cols["num_gpus"]).astype(np.int64)}),
+        pd.DataFrame(block_2d[cut + 1 :].T, columns=list(METRICS[cut + 1 :]), copy=False),
+        pd.DataFrame(tail),
+    ]
+    return pd.concat(frames, axis=1)
 
 
 def layout_names(cols) -> pd.Categorical:
