@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 from typer.testing import CliRunner
 
 from moesim import serving
@@ -20,6 +19,7 @@ from moesim.routing import parse_routing
 from moesim.scenario import build_plan, load_scenario
 from moesim.sweep import METRICS, read_results, run_plan, run_scenario
 
+REPO = Path(__file__).resolve().parents[1]
 SCENARIO = """\
 name: mixed
 models: [llama-3.1-8b, mixtral-8x7b]
