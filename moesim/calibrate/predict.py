@@ -1,0 +1,218 @@
+"""Model predictions for measured rows, through the same functions users call.
+
+Every kernel row is priced by :mod:`moesim.kernel_cost` (``gemm_cost``, ``copy_cost``,
+``permute_cost``, ``moe_cost`` with the row's *realised* routing, ``attention_cost``) and every
+collective row by :mod:`moesim.comm`, so calibration fits, and validation measures, exactly the
+model that ``moesim predict`` runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moesim import comm, kernel_cost
+from moesim.errors import MoesimError
+from moesim.hardware import normalize_dtype
+
+
+def _col(df: pd.DataFrame, name: str, default=None) -> np.ndarray:
+    if name in df.columns:
+        values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+        if default is not None:
+            values = np.where(np.isfinite(values), values, default)
+        return values
+    if default is None:
+        raise MoesimError(f"{df['kernel_class'].iloc[0]} rows need a {name!r} column")
+    return np.full(len(df), float(default))
+
+
+def _dtype(value: str) -> str:
+    d = normalize_dtype(value)
+    return "fp8" if d.startswith("fp8") else d
+
+
+def _bool(value) -> bool:
+    return str(value).strip().lower() not in ("false", "0", "no", "", "nan")
+
+
+def group_rows(df: pd.DataFrame) -> list[tuple[str, str, np.ndarray, pd.DataFrame]]:
+    """Split kernel rows into (kernel_class, dtype, positions, rows) groups priced in one call."""
+    if df.empty:
+        return []
+    kinds = df["kernel_class"].astype(str).to_numpy()
+    dtypes = (
+        df["dtype"].astype(str).map(_dtype).to_numpy()
+        if "dtype" in df.columns
+        else np.full(len(df), "bf16")
+    )
+    keys = pd.Series([f"{k}|{d}" for k, d in zip(kinds, dtypes, strict=True)])
+    groups = []
+    for key, idx in keys.groupby(keys).groups.items():
+        kind, dtype = str(key).split("|")
+        pos = np.asarray(list(idx))
+        groups.append((kind, dtype, pos, df.iloc[pos]))
+    return groups
+
+
+def predict_groups(hw, groups, n_rows: int, efficiency=None) -> np.ndarray:
+    """Predicted seconds of pre-split row groups (see :func:`group_rows`)."""
+    out = np.full(n_rows, np.nan)
+    for kind, dtype, pos, part in groups:
+        out[pos] = _predict_group(hw, kind, dtype, part, efficiency)
+    return out
+
+
+def predict_kernel_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
+    """Predicted seconds of each kernel row of ``df`` (any mix of classes), aligned with its rows.
+
+    ``efficiency`` (an ``Efficiency``) overrides ``hw.efficiency``, as in :mod:`moesim.kernel_cost`.
+    """
+    return predict_groups(hw, group_rows(df), len(df), efficiency)
+
+
+def _predict_group(hw, kind: str, dtype: str, df: pd.DataFrame, eff) -> np.ndarray:
+    if kind == "gemm":
+        res = kernel_cost.gemm_cost(
+            hw, _col(df, "m"), _col(df, "n"), _col(df, "k"), dtype, efficiency=eff
+        )
+    elif kind == "memory":
+        nbytes = _col(df, "bytes", np.nan)
+        if not np.isfinite(nbytes).all():  # copies count bytes read + written (2x)
+            nbytes = np.where(np.isfinite(nbytes), nbytes, _col(df, "hbm_bytes") / 2.0)
+        res = kernel_cost.copy_cost(hw, nbytes, efficiency=eff)
+    elif kind == "permute":
+        res = kernel_cost.permute_cost(
+            hw, _col(df, "tokens"), _col(df, "hidden"), _col(df, "top_k"), dtype, efficiency=eff
+        )
+    elif kind in ("grouped_gemm", "moe"):
+        res = _moe(hw, df, dtype, eff)
+    elif kind in ("attention_prefill", "attention_decode"):
+        return _attention(hw, kind, df, dtype, eff)
+    else:
+        raise MoesimError(f"no kernel model for kernel_class {kind!r}")
+    return np.broadcast_to(res["latency_s"], (len(df),)).astype(float)
+
+
+def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
+    """One MoE expert layer with the routing the profiler realised (active experts, padded rows).
+
+    ``moe_cost`` charges activation traffic for ``tokens * top_k`` assignments; where the row
+    records the assignments this GPU actually computed (an EP slice), tokens = assignments / k.
+    """
+    top_k = _col(df, "top_k")
+    tokens = _col(df, "tokens")
+    assignments = _col(df, "assignments", np.nan)
+    tokens = np.where(np.isfinite(assignments), assignments / top_k, tokens)
+    realised = None
+    if {"n_active_experts", "sum_padded_tokens"} <= set(df.columns):
+        padded = _col(df, "sum_padded_tokens")
+        if "impl" in df.columns and np.isfinite(assignments).all():
+            # Only the Triton kernel pads each expert's rows to its block M (the row records
+            # Σ ceil(n_e/BM)·BM for it); the loop and grouped_mm compute the assignments exactly.
+            pads = df["impl"].astype(str).str.startswith("triton").to_numpy()
+            padded = np.where(pads, padded, assignments)
+        realised = {"n_active_experts": _col(df, "n_active_experts"), "sum_padded_tokens": padded}
+    gated = _bool(df["gated"].iloc[0]) if "gated" in df.columns else True
+    experts = _col(df, "experts")
+    if realised is None:
+        return kernel_cost.moe_cost(
+            hw,
+            tokens,
+            int(experts[0]),
+            int(top_k[0]),
+            int(_col(df, "hidden")[0]),
+            int(_col(df, "intermediate")[0]),
+            dtype,
+            block_m=int(_col(df, "block_m", 64)[0]),
+            gated=gated,
+            efficiency=eff,
+        )
+    return kernel_cost.moe_cost(
+        hw, tokens, experts, top_k, _col(df, "hidden"), _col(df, "intermediate"), dtype,
+        realised=realised, gated=gated, efficiency=eff,
+    )  # fmt: skip
+
+
+def _attention(hw, kind: str, df: pd.DataFrame, dtype: str, eff) -> np.ndarray:
+    phase = "prefill" if kind == "attention_prefill" else "decode"
+    seq = _col(df, "seq_len", np.nan)
+    if phase == "decode":
+        ctx = _col(df, "context_len", np.nan)
+        seq = np.where(np.isfinite(ctx), ctx, seq)
+    causal = (
+        df["causal"].map(_bool).to_numpy() if "causal" in df.columns else np.ones(len(df), bool)
+    )
+    kv = (
+        df["kv_dtype"].astype(str).map(_dtype).to_numpy()
+        if "kv_dtype" in df.columns
+        else np.full(len(df), dtype)
+    )
+    out = np.full(len(df), np.nan)
+    for c in (True, False):
+        for kvd in set(kv):
+            sel = (causal == c) & (kv == kvd)
+            if not sel.any():
+                continue
+            part = df[sel]
+            res = kernel_cost.attention_cost(
+                hw, phase, _col(part, "batch"), seq[sel], _col(part, "num_heads"),
+                _col(part, "num_kv_heads"), _col(part, "head_dim"), dtype, kvd, causal=c, efficiency=eff,
+            )  # fmt: skip
+            out[sel] = np.broadcast_to(res["latency_s"], (int(sel.sum()),))
+    return out
+
+
+# --- collectives ------------------------------------------------------------------------------
+
+
+def collective_bytes(df: pd.DataFrame, domain_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intra, inter) bytes one GPU moves in each all-to-all row.
+
+    Rows may carry ``intra_bytes`` / ``inter_bytes`` (published conversions); otherwise
+    ``message_bytes`` is the rank's whole send buffer, of which (n-1)/n leaves the GPU, split
+    between the scale-up domain and the network as :func:`moesim.comm.remote_domain_fraction`.
+    """
+    n = _col(df, "world_size", 1.0)
+    if "intra_bytes" in df.columns and "inter_bytes" in df.columns:
+        intra, inter = _col(df, "intra_bytes", 0.0), _col(df, "inter_bytes", 0.0)
+        given = np.isfinite(pd.to_numeric(df["intra_bytes"], errors="coerce").to_numpy(dtype=float))
+    else:
+        intra = inter = np.zeros(len(df))
+        given = np.zeros(len(df), bool)
+    size = _col(df, "message_bytes", 0.0)
+    sent = size * (n - 1.0) / np.maximum(n, 1.0)
+    frac_out = comm.remote_domain_fraction(n, domain_size)
+    return np.where(given, intra, sent * (1.0 - frac_out)), np.where(given, inter, sent * frac_out)
+
+
+def predict_collective_rows(hw, df: pd.DataFrame, collectives=None) -> np.ndarray:
+    """Predicted seconds of all-reduce / all-to-all rows with the profile's α-β network."""
+    if collectives is not None:
+        hw = hw.with_efficiency(hw.efficiency.model_copy(update={"collectives": collectives}))
+    net = comm.Network.from_hardware(hw)
+    kinds = df["kernel_class"].astype(str).to_numpy()
+    out = np.full(len(df), np.nan)
+    ar = kinds == "allreduce"
+    if ar.any():
+        part = df[ar]
+        out[ar] = comm.allreduce_time_s(_col(part, "message_bytes"), _col(part, "world_size"), net)
+    a2a = kinds == "alltoall"
+    if a2a.any():
+        intra, inter = collective_bytes(df[a2a], net.domain_size)
+        out[a2a] = comm.alltoall_time_s(intra, inter, net)
+    return out
+
+
+def predict_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
+    """Predicted seconds for any measured rows (kernels and collectives)."""
+    out = np.full(len(df), np.nan)
+    if df.empty:
+        return out
+    is_coll = df["kernel_class"].isin(["allreduce", "alltoall"]).to_numpy()
+    if (~is_coll).any():
+        out[~is_coll] = predict_kernel_rows(hw, df[~is_coll], efficiency)
+    if is_coll.any():
+        coll = efficiency.collectives if efficiency is not None else None
+        out[is_coll] = predict_collective_rows(hw, df[is_coll], coll)
+    return out
