@@ -80,6 +80,10 @@ class KernelEfficiency(BaseModel):
     compute_efficiency: float = Field(0.8, gt=0, le=1)  # of datasheet peak FLOP/s
     memory_efficiency: float = Field(0.85, gt=0, le=1)  # of datasheet HBM bytes/s
     launch_overhead_s: float = Field(4e-6, ge=0)
+    # Host (CPU) cost per kernel launch of eagerly-timed measurements: back-to-back eager calls
+    # take max(host launch time, device time). Serving runs CUDA graphs and never pays it; it is
+    # fitted so that measurements taken without graphs calibrate the device terms correctly.
+    host_launch_s: float = Field(0.0, ge=0)
     tile_m: int = Field(1, ge=1)  # wave/tile quantisation (1 = off)
     tile_n: int = Field(1, ge=1)
     ridge_sharpness: float = Field(8.0, gt=0)  # p of (t_c^p + t_m^p)^(1/p); large = hard max

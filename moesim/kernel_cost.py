@@ -13,7 +13,18 @@ from moesim.dtypes import dtype_bytes
 from moesim.roofline import RooflineParams, floor_s, op_time_s
 
 
-def _time(hw, kernel_class, dtype, flops, hbm_bytes, m=None, n=None, launches=1, efficiency=None):
+def _time(
+    hw,
+    kernel_class,
+    dtype,
+    flops,
+    hbm_bytes,
+    m=None,
+    n=None,
+    launches=1,
+    efficiency=None,
+    eager=False,
+):
     eff = (efficiency or hw.efficiency).for_class(kernel_class)
     peak = hw.peak(dtype)
     bw = hw.hbm_bandwidth_bytes_per_s
@@ -28,6 +39,7 @@ def _time(hw, kernel_class, dtype, flops, hbm_bytes, m=None, n=None, launches=1,
         m=m,
         n=n,
         launches=launches,
+        eager=eager,
     )
     return {
         "latency_s": t,
@@ -40,20 +52,47 @@ def _time(hw, kernel_class, dtype, flops, hbm_bytes, m=None, n=None, launches=1,
     }
 
 
-def gemm_cost(hw, m, n, k, dtype="bf16", out_dtype=None, efficiency=None) -> dict:
+def gemm_cost(hw, m, n, k, dtype="bf16", out_dtype=None, efficiency=None, eager=False) -> dict:
     """[m, k] x [k, n] -> [m, n]: 2mnk FLOPs; A, B read once and C written once (ideal reuse)."""
     m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
     ib = dtype_bytes(dtype)
     ob = dtype_bytes(out_dtype or ("bf16" if dtype in ("fp8", "fp4") else dtype))
     flops = 2.0 * m * n * k
     hbm = (m * k + k * n) * ib + m * n * ob
-    return _time(hw, "gemm", dtype, flops, hbm, m=m, n=n, efficiency=efficiency)
+    return _time(hw, "gemm", dtype, flops, hbm, m=m, n=n, efficiency=efficiency, eager=eager)
 
 
-def copy_cost(hw, nbytes, efficiency=None) -> dict:
+def copy_cost(hw, nbytes, efficiency=None, eager=False) -> dict:
     """Device-to-device copy of ``nbytes``: reads and writes them (2x traffic)."""
     nbytes = np.asarray(nbytes, dtype=float)
-    return _time(hw, "memory", "bf16", 0.0 * nbytes, 2.0 * nbytes, efficiency=efficiency)
+    return _time(
+        hw, "memory", "bf16", 0.0 * nbytes, 2.0 * nbytes, efficiency=efficiency, eager=eager
+    )
+
+
+# Kernels one call of each measured MoE implementation launches (counted from moesim/kernels):
+# (fixed, per active expert). The Triton path's alignment is ~32 small torch ops (sort, scatter,
+# cumsums, searchsorted) plus its two kernels and the combine; grouped_mm sorts, gathers, runs
+# two grouped GEMMs, the activation and an index_add; the loop runs ~11 ops per active expert;
+# grouped_mm's non-Hopper fallback loops 2 GEMMs per expert. A serving engine's fused_moe
+# (vLLM: align, gate-up, act, down, sum) takes 5, the default.
+MOE_IMPL_KERNELS = {
+    "triton": (37, 0),
+    "triton_graph": (37, 0),
+    "grouped_mm": (24, 0),
+    "grouped_mm_fallback": (22, 2),
+    "loop": (4, 11),
+    "engine": (5, 0),
+}
+
+
+def moe_launches(impl: str, impl_path: str = "", n_active=0) -> np.ndarray:
+    """Kernel launches of one MoE call of implementation ``impl`` (see MOE_IMPL_KERNELS)."""
+    key = impl
+    if impl == "grouped_mm" and "fallback" in str(impl_path):
+        key = "grouped_mm_fallback"
+    fixed, per_expert = MOE_IMPL_KERNELS.get(key, MOE_IMPL_KERNELS["engine"])
+    return fixed + per_expert * np.asarray(n_active, dtype=float)
 
 
 def moe_cost(
@@ -71,7 +110,9 @@ def moe_cost(
     capacity_factor: float | None = None,
     gated: bool = True,
     realised: dict | None = None,
+    launches=None,
     efficiency=None,
+    eager=False,
 ) -> dict:
     """One MoE layer's expert compute on the busiest EP rank: gate/up GEMM, activation, down GEMM.
 
@@ -89,7 +130,7 @@ def moe_cost(
     if realised is not None:
         active = np.asarray(realised["n_active_experts"], dtype=float)
         padded = np.asarray(realised["sum_padded_tokens"], dtype=float)
-        load = tokens * top_k
+        load = np.asarray(realised.get("assignments", tokens * top_k), dtype=float)
         stats = None
     else:
         stats = routing_stats(
@@ -107,6 +148,8 @@ def moe_cost(
     flops = 2.0 * padded * hidden * intermediate * n_mat
     weights = active * n_mat * hidden * intermediate * wb
     act_io = load * (2.0 * hidden + (n_mat - 1) * intermediate * 2 + intermediate) * ab
+    if launches is None:
+        launches = MOE_IMPL_KERNELS["engine"][0]
     out = _time(
         hw,
         "grouped_gemm",
@@ -115,7 +158,9 @@ def moe_cost(
         weights + act_io,
         m=padded,
         n=(n_mat - 1) * intermediate,
+        launches=launches,
         efficiency=efficiency,
+        eager=eager,
     )
     out["weight_bytes"] = weights
     if stats is not None:
@@ -140,6 +185,7 @@ def attention_cost(
     kv_dtype="bf16",
     causal=True,
     efficiency=None,
+    eager=False,
 ) -> dict:
     """Attention core. Prefill: 4 x pairs x d FLOPs per head, Q/K/V read and O written once
     (FlashAttention, Dao et al. 2022). Decode (``seq_len`` = context): one query per sequence,
@@ -151,17 +197,19 @@ def attention_cost(
         pairs = b * (s * (s + 1.0) / 2.0 if causal else s * s)
         flops = 4.0 * pairs * num_heads * head_dim
         io = b * s * head_dim * (2.0 * num_heads + 2.0 * num_kv_heads) * ab
-        return _time(hw, "attention_prefill", dtype, flops, io, efficiency=efficiency)
+        return _time(hw, "attention_prefill", dtype, flops, io, efficiency=efficiency, eager=eager)
     pairs = b * s
     flops = 4.0 * pairs * num_heads * head_dim
     io = 2.0 * pairs * num_kv_heads * head_dim * kvb + 2.0 * b * num_heads * head_dim * ab
-    return _time(hw, "attention_decode", dtype, flops, io, efficiency=efficiency)
+    return _time(hw, "attention_decode", dtype, flops, io, efficiency=efficiency, eager=eager)
 
 
-def permute_cost(hw, tokens, hidden: int, top_k: int, dtype="bf16", efficiency=None) -> dict:
+def permute_cost(
+    hw, tokens, hidden: int, top_k: int, dtype="bf16", efficiency=None, eager=False
+) -> dict:
     """Token permute (gather rows into expert order, k copies per token): reads T x h, writes
     T x k x h — a pure memory operation."""
     t = np.asarray(tokens, dtype=float)
     b = dtype_bytes(dtype)
     io = t * hidden * b * (1.0 + top_k)
-    return _time(hw, "memory", dtype, 0.0 * t, io, efficiency=efficiency)
+    return _time(hw, "memory", dtype, 0.0 * t, io, efficiency=efficiency, eager=eager)

@@ -31,6 +31,7 @@ class RooflineParams:
     tile_m: int = 1
     tile_n: int = 1
     ridge_sharpness: float = 8.0
+    host_launch_s: float = 0.0
 
     @classmethod
     def from_efficiency(cls, eff, dtype: str) -> RooflineParams:
@@ -42,6 +43,7 @@ class RooflineParams:
             tile_m=eff.tile_m,
             tile_n=eff.tile_n,
             ridge_sharpness=eff.ridge_sharpness,
+            host_launch_s=getattr(eff, "host_launch_s", 0.0),
         )
 
 
@@ -111,8 +113,13 @@ def op_time_s(
     m=None,
     n=None,
     launches=1,
+    eager=False,
 ) -> np.ndarray:
-    """Predicted time of an operator (seconds), broadcast over all array inputs."""
+    """Predicted time of an operator (seconds), broadcast over all array inputs.
+
+    ``eager`` marks calls issued without CUDA graphs and timed back to back: the host then
+    enqueues ahead of the device and a call takes max(device time, launches x host launch cost).
+    """
     flops = np.asarray(flops, dtype=float)
     hbm_bytes = np.asarray(hbm_bytes, dtype=float)
     q = quantisation_efficiency(m, n, params.tile_m, params.tile_n, num_sms)
@@ -120,9 +127,13 @@ def op_time_s(
     eta_m = min(params.memory_efficiency, 1.0)
     t_compute = flops / (np.asarray(peak_flops_per_s, dtype=float) * eta_c * q)
     t_memory = hbm_bytes / (hbm_bytes_per_s * eta_m)
-    busy = flops + hbm_bytes > 0
-    launch = np.where(busy, np.asarray(launches, dtype=float) * params.launch_overhead_s, 0.0)
-    return smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch
+    # A launched kernel costs its launch even when it has no work (an EP rank with no tokens).
+    launch = np.asarray(launches, dtype=float) * params.launch_overhead_s
+    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch
+    if params.host_launch_s > 0 and np.any(eager):
+        host = np.asarray(launches, dtype=float) * params.host_launch_s
+        t = np.where(eager, np.maximum(t, host), t)
+    return t
 
 
 def floor_s(flops, hbm_bytes, peak_flops_per_s, hbm_bytes_per_s: float) -> np.ndarray:

@@ -159,11 +159,36 @@ def _shared_intermediate(row) -> float:
     return float(cfg.get("n_shared_experts", 0) * inter // shrink) if inter else 0.0
 
 
+# Torch ops one eager call of moesim.profile.layer.decoder_layer launches besides the experts:
+# two RMSNorms (float, pow, mean, add, rsqrt, mul, cast, scale: 8 each), q/k/v and o GEMMs, the
+# SDPA call, the head transpose copy, two residual adds, the router (GEMM, cast, softmax, top-k,
+# sum, divide); decode adds the two KV-cache slot writes, an EP slice masks non-local experts
+# (where, full_like) and a shared expert adds GEMM, SiLU, mul, GEMM, add.
+EAGER_LAYER_OPS = 30
+EAGER_DECODE_OPS, EAGER_EP_SLICE_OPS, EAGER_SHARED_OPS = 2, 2, 5
+EAGER_TIMING = ("cuda_event",)
+
+
+def eager_layer_launches(row) -> float:
+    """Host launches of one eager decoder-layer call (see EAGER_LAYER_OPS), experts included."""
+    from moesim.kernel_cost import moe_launches
+
+    n = EAGER_LAYER_OPS
+    n += EAGER_DECODE_OPS if str(row.phase) == "decode" else 0
+    n += EAGER_EP_SLICE_OPS if int(row.local_experts) < int(row.experts) else 0
+    n += EAGER_SHARED_OPS if _shared_intermediate(row) else 0
+    active = min(
+        int(row.local_experts),
+        int(row.batch) * int(getattr(row, "seq_len", 1) or 1) * int(row.top_k),
+    )
+    return float(n + moe_launches(str(row.impl), str(getattr(row, "impl_path", "")), active))
+
+
 def predict_layer_rows(hw, df: pd.DataFrame) -> np.ndarray:
     """Predicted seconds of one decoder layer per row (see module docstring)."""
     from moesim.deployment import Layout
     from moesim.dtypes import compute_dtype
-    from moesim.kernel_cost import moe_cost
+    from moesim.kernel_cost import moe_cost, moe_launches
     from moesim.model import ModelSpec
     from moesim.ops import RoutingOptions, step_ops
     from moesim.routing import routing_stats
@@ -204,8 +229,34 @@ def predict_layer_rows(hw, df: pd.DataFrame) -> np.ndarray:
         cdt = compute_dtype(dtype, hw.peak_flops_per_s)
         t += float(
             np.asarray(
-                moe_cost(hw, tokens * share, E, k, h, inter, cdt, realised=realised)["latency_s"]
+                moe_cost(
+                    hw,
+                    tokens * share,
+                    E,
+                    k,
+                    h,
+                    inter,
+                    cdt,
+                    realised=realised,
+                    launches=moe_launches(
+                        str(r.impl), str(getattr(r, "impl_path", "")), realised["n_active_experts"]
+                    ),
+                )["latency_s"]
             )
         )
+        # Eagerly timed layers (no CUDA graph) take max(device time, host launch time): the host
+        # enqueues ~70 small ops per call and at small batch cannot keep the GPU busy.
+        host_s = hw.efficiency.grouped_gemm.host_launch_s
+        method = str(getattr(r, "timing_method", ""))
+        if method in EAGER_TIMING and host_s > 0:
+            t = max(t, eager_layer_launches(r) * host_s)
+        elif method == "perf_counter":
+            # On a CPU every eager op runs in turn: the ops the layer issues beyond the modelled
+            # serving kernels each add their launch cost.
+            modelled = sum(float(np.max(o.launches)) for o in ops) + moe_launches(
+                str(r.impl), str(getattr(r, "impl_path", "")), realised["n_active_experts"]
+            )
+            extra = max(eager_layer_launches(r) - float(modelled), 0.0)
+            t += extra * hw.efficiency.memory.launch_overhead_s
         out[i] = t
     return out

@@ -286,18 +286,30 @@ def test_cpu_gemm_heldout_error(cpu_profile):
     assert gemm["median_abs_error"] < 0.15
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="moe_cost charges one launch per MoE call; the CPU grouped_mm/loop impls launch GEMMs "
-    "per active expert, which the roofline cannot absorb (fit with a per-expert term: 23% -> 14%)",
-)
 def test_cpu_moe_heldout_error(cpu_profile):
+    """The MoE expert kernels on CPU, held-out shapes, each implementation's kernel launches
+    counted (kernel_cost.MOE_IMPL_KERNELS): median error under 15 %."""
     path, _ = cpu_profile
     result = runner.invoke(
         app, ["validate", str(CPU_DIR), "--profile", str(path), "--heldout-only", "--json"]
     )
     report = json.loads(result.stdout)
+    print("cpu grouped_gemm held-out", report["classes"]["grouped_gemm"])
     assert report["classes"]["grouped_gemm"]["median_abs_error"] < 0.15
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="eager CPU decoder layers on a shared 2-core machine: the layer check is 40-47 % off "
+    "(the kernels alone are within 3-9 %); the ~70 eager torch ops per layer are not yet modelled "
+    "one by one",
+)
+def test_cpu_layer_check_error(cpu_profile):
+    path, _ = cpu_profile
+    result = runner.invoke(
+        app, ["validate", str(CPU_DIR), "--profile", str(path), "--heldout-only", "--json"]
+    )
+    report = json.loads(result.stdout)
     assert report["layers"]["median_abs_error"] < 0.15
 
 

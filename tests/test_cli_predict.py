@@ -94,7 +94,7 @@ def test_predict_table_and_breakdown():
                 "--batch",
                 "4",
             ],
-            "ep=3",
+            "does not divide",
         ),
     ],
 )

@@ -106,3 +106,26 @@ def test_table_and_chart(cpu_profile, tmp_path):
 def test_missing_directory(cpu_profile, tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path / "nope"), "--profile", str(cpu_profile)])
     assert isinstance(result.exception, MoesimError)
+
+
+H200_DIR = Path(__file__).resolve().parents[1] / "hwprofiles" / "measurements" / "h200"
+
+
+@pytest.mark.skipif(not H200_DIR.is_dir(), reason="no H200 measurements in this checkout")
+def test_h200_measured_profile_heldout_errors():
+    """Real H200 kernels (quick profile): the committed measured profile predicts the held-out
+    shapes. Measured when fitted: GEMM 6.7 %, fused MoE (Triton) 9.6 %, copies 8.2 % median;
+    whole layers 16 % (eager host launches counted). Bounds sit just above those figures so a
+    regression in the model or the fit shows."""
+    from moesim.validate import validate
+
+    profile = H200_DIR.parents[1] / "h200.measured.yaml"
+    report = validate(H200_DIR, profile, heldout_only=True)
+    classes = report["classes"]
+    print(
+        {k: round(v["median_abs_error"], 3) for k, v in classes.items()},
+        report.get("layers", {}).get("median_abs_error"),
+    )
+    assert classes["gemm"]["median_abs_error"] < 0.08
+    assert classes["grouped_gemm"]["median_abs_error"] < 0.12
+    assert report["layers"]["median_abs_error"] < 0.2

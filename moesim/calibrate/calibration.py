@@ -138,13 +138,16 @@ class Calibration:
         gpu = tel.get("gpu") or {}
         versions = tel.get("versions") or {}
         driver = gpu.get("driver_version") or run.get("driver_version")
+        torch_version = versions.get("torch") or run.get("torch")
         driver = (
-            f"driver {driver}"
-            if driver
-            else f"torch {versions.get('torch') or run.get('torch') or '?'}"
+            f"driver {driver}" if driver else (f"torch {torch_version}" if torch_version else "")
         )
-        date = tel.get("date") or run.get("date") or run.get("started") or "undated"
-        return f"measured: {self.device_} {driver} {date}"
+        date = tel.get("date") or run.get("date") or run.get("started")
+        if not date and "timestamp" in self.measurements_.columns:
+            # No run.json / telemetry.json: the rows' own timestamps date the measurement.
+            stamps = self.measurements_["timestamp"].dropna().astype(str)
+            date = f"{stamps.min()}..{stamps.max()}" if len(stamps) else None
+        return " ".join(p for p in ("measured:", self.device_, driver, date or "undated") if p)
 
     def to_profile(self, name: str | None = None, source: str | None = None) -> HardwareProfile:
         """The base profile with the fitted efficiency block (and provenance for it)."""

@@ -28,7 +28,7 @@ from moesim.calibrate.measurements import (
     heldout_shapes,
     usable_rows,
 )
-from moesim.calibrate.predict import _dtype, group_rows, predict_groups
+from moesim.calibrate.predict import _dtype, _eager, group_rows, predict_groups
 from moesim.errors import MoesimError
 from moesim.hardware import KERNEL_CLASSES, KernelEfficiency
 
@@ -149,13 +149,22 @@ class KernelCalibrator:
             [np.log(np.clip(base_eff.compute_eff(d), *EFF_BOUNDS)) for d in self.dtypes_]
             + [np.log(np.clip(base_eff.memory_efficiency, *EFF_BOUNDS)),
                min(base_eff.launch_overhead_s, LAUNCH_MAX_S) / _US,
-               np.log(np.clip(base_eff.ridge_sharpness, *RIDGE_BOUNDS))]
+               np.log(np.clip(base_eff.ridge_sharpness, *RIDGE_BOUNDS)),
+               min(base_eff.host_launch_s, LAUNCH_MAX_S) / _US]
         )  # fmt: skip
-        lo = np.array([np.log(EFF_BOUNDS[0])] * (n_c + 1) + [0.0, np.log(RIDGE_BOUNDS[0])])
-        hi = np.array([0.0] * (n_c + 1) + [LAUNCH_MAX_S / _US, np.log(RIDGE_BOUNDS[1])])
+        lo = np.array([np.log(EFF_BOUNDS[0])] * (n_c + 1) + [0.0, np.log(RIDGE_BOUNDS[0]), 0.0])
+        hi = np.array(
+            [0.0] * (n_c + 1) + [LAUNCH_MAX_S / _US, np.log(RIDGE_BOUNDS[1]), LAUNCH_MAX_S / _US]
+        )
         if not self.fit_ridge:
+            lo[n_c + 2], hi[n_c + 2] = x0[n_c + 2] - 1e-9, x0[n_c + 2] + 1e-9
+        self.fixed_at_base_ = self._unidentified(train)
+        for name in self.fixed_at_base_:
+            i = n_c if name == "memory_efficiency" else self.dtypes_.index(name.split(":")[1])
+            lo[i], hi[i] = x0[i] - 1e-9, x0[i] + 1e-9
+        if not np.any(_eager(train)):  # no eagerly timed row: the host cost is not seen
             lo[-1], hi[-1] = x0[-1] - 1e-9, x0[-1] + 1e-9
-        prior_scale = np.array([1.0] * (n_c + 1) + [10.0, 1.0])  # log-eta, µs, log-p
+        prior_scale = np.array([1.0] * (n_c + 1) + [10.0, 1.0, 10.0])  # log-eta, µs, log-p, µs
 
         fitted_default = self._default_dtype(train)
 
@@ -173,6 +182,7 @@ class KernelCalibrator:
                 launch_overhead_s=float(max(x[n_c + 1], 0.0) * _US),
                 tile_m=tiles[0], tile_n=tiles[1],
                 ridge_sharpness=float(np.exp(x[n_c + 2])),
+                host_launch_s=float(max(x[n_c + 3], 0.0) * _US),
                 compute_efficiency_by_dtype=by_dtype,
             )  # fmt: skip
 
@@ -183,6 +193,14 @@ class KernelCalibrator:
             return np.concatenate([data, PRIOR_WEIGHT * (x - x0) / prior_scale])
 
         x_start = np.clip(x0, lo, hi)
+        eager = np.broadcast_to(_eager(train), (len(train),))
+        if np.any(eager) and hi[-1] > lo[-1] + 1e-6:
+            # max(host, device) has no gradient in the host cost while the device term wins:
+            # start it at half the smallest eager time per launch (an upper bound on it).
+            per_launch = (
+                train["median_s"].to_numpy(dtype=float)[eager] / self._launches(train)[eager]
+            )
+            x_start[-1] = np.clip(0.5 * np.nanmin(per_launch) / _US, lo[-1], hi[-1])
         tiles_grid = (
             [(tm, tn) for tm in self.tile_grid for tn in self.tile_grid]
             if self.kernel_class in TILED_CLASSES
@@ -227,6 +245,57 @@ class KernelCalibrator:
         self.mem_efficiency_ = self.efficiency_.memory_efficiency
         self.launch_overhead_s_ = self.efficiency_.launch_overhead_s
         self.ridge_sharpness_ = self.efficiency_.ridge_sharpness
+        self.host_launch_s_ = self.efficiency_.host_launch_s
+
+    def _launches(self, train: pd.DataFrame) -> np.ndarray:
+        """Kernel launches of each row's call (MoE implementations launch many; others one)."""
+        if self.kernel_class != "grouped_gemm" or "impl" not in train.columns:
+            return np.ones(len(train))
+        from moesim.kernel_cost import moe_launches
+
+        paths = (
+            train["impl_path"].astype(str) if "impl_path" in train.columns else [""] * len(train)
+        )
+        active = pd.to_numeric(train.get("n_active_experts", 0), errors="coerce").fillna(0)
+        return np.array(
+            [
+                float(moe_launches(i, p, a))
+                for i, p, a in zip(train["impl"].astype(str), paths, active, strict=True)
+            ]
+        )
+
+    def _unidentified(self, train: pd.DataFrame) -> list[str]:
+        """Efficiencies the training rows cannot identify, kept at the base profile's values.
+
+        A compute efficiency needs rows well past the ridge (FLOP/byte >= 1.5x peak/bandwidth);
+        a memory efficiency needs rows well below it. Without them a least-squares fit would
+        trade one roof for the other (e.g. a GEMM sweep that stops at M=128 says nothing about
+        the big-GEMM peak), so those parameters stay at their datasheet or published values.
+        """
+        if not {"flops", "hbm_bytes"} <= set(train.columns):
+            return []
+        flops = pd.to_numeric(train["flops"], errors="coerce").to_numpy(dtype=float)
+        nbytes = pd.to_numeric(train["hbm_bytes"], errors="coerce").to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intensity = flops / nbytes
+        dtypes = train["dtype"].astype(str).map(_dtype).to_numpy() if "dtype" in train else None
+        bw = self.hardware_.hbm_bandwidth_bytes_per_s
+        fixed = []
+        ridges = []
+        for d in self.dtypes_:
+            sel = dtypes == d if dtypes is not None else np.ones(len(train), bool)
+            try:
+                ridge = self.hardware_.peak(d) / bw
+            except MoesimError:
+                continue
+            ridges.append(ridge)
+            vals = intensity[sel & np.isfinite(intensity)]
+            if vals.size and np.nanmax(vals) < 1.5 * ridge:
+                fixed.append(f"compute_efficiency:{d}")
+        finite = intensity[np.isfinite(intensity)]
+        if ridges and finite.size and np.nanmin(finite) > min(ridges) / 1.5:
+            fixed.append("memory_efficiency")
+        return fixed
 
     def _default_dtype(self, train: pd.DataFrame) -> str | None:
         """The measured dtype whose efficiency becomes the class default, or None (keep the base's).
@@ -275,7 +344,9 @@ class KernelCalibrator:
                 "tile_m": self.tile_m_,
                 "tile_n": self.tile_n_,
                 "ridge_sharpness": round(self.ridge_sharpness_, 4),
+                "host_launch_us": round(self.host_launch_s_ * 1e6, 4),
             },
+            "fixed_at_base": list(getattr(self, "fixed_at_base_", [])),
             "heldout_shape_keys": list(self.heldout_shapes_),
         }
 

@@ -36,6 +36,17 @@ def _bool(value) -> bool:
     return str(value).strip().lower() not in ("false", "0", "no", "", "nan")
 
 
+# Timing method of calls issued eagerly to an asynchronous device (no CUDA graph): the host may
+# bound the time. On a CPU (perf_counter) host and device are one processor: costs add instead.
+EAGER_TIMING = ("cuda_event",)
+
+
+def _eager(df: pd.DataFrame) -> np.ndarray | bool:
+    if "timing_method" not in df.columns:
+        return False
+    return df["timing_method"].astype(str).isin(EAGER_TIMING).to_numpy()
+
+
 def group_rows(df: pd.DataFrame) -> list[tuple[str, str, np.ndarray, pd.DataFrame]]:
     """Split kernel rows into (kernel_class, dtype, positions, rows) groups priced in one call."""
     if df.empty:
@@ -74,16 +85,22 @@ def predict_kernel_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
 def _predict_group(hw, kind: str, dtype: str, df: pd.DataFrame, eff) -> np.ndarray:
     if kind == "gemm":
         res = kernel_cost.gemm_cost(
-            hw, _col(df, "m"), _col(df, "n"), _col(df, "k"), dtype, efficiency=eff
+            hw, _col(df, "m"), _col(df, "n"), _col(df, "k"), dtype, efficiency=eff, eager=_eager(df)
         )
     elif kind == "memory":
         nbytes = _col(df, "bytes", np.nan)
         if not np.isfinite(nbytes).all():  # copies count bytes read + written (2x)
             nbytes = np.where(np.isfinite(nbytes), nbytes, _col(df, "hbm_bytes") / 2.0)
-        res = kernel_cost.copy_cost(hw, nbytes, efficiency=eff)
+        res = kernel_cost.copy_cost(hw, nbytes, efficiency=eff, eager=_eager(df))
     elif kind == "permute":
         res = kernel_cost.permute_cost(
-            hw, _col(df, "tokens"), _col(df, "hidden"), _col(df, "top_k"), dtype, efficiency=eff
+            hw,
+            _col(df, "tokens"),
+            _col(df, "hidden"),
+            _col(df, "top_k"),
+            dtype,
+            efficiency=eff,
+            eager=_eager(df),
         )
     elif kind in ("grouped_gemm", "moe"):
         res = _moe(hw, df, dtype, eff)
@@ -127,10 +144,21 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
             block_m=int(_col(df, "block_m", 64)[0]),
             gated=gated,
             efficiency=eff,
+            eager=_eager(df),
         )
+    launches = None
+    if "impl" in df.columns:
+        paths = (
+            df["impl_path"].astype(str) if "impl_path" in df.columns else pd.Series([""] * len(df))
+        )
+        launches = np.array([
+            float(kernel_cost.moe_launches(i, p, a))
+            for i, p, a in zip(df["impl"].astype(str), paths, realised["n_active_experts"], strict=True)
+        ])  # fmt: skip
     return kernel_cost.moe_cost(
         hw, tokens, experts, top_k, _col(df, "hidden"), _col(df, "intermediate"), dtype,
-        realised=realised, gated=gated, efficiency=eff,
+        realised=realised | {"assignments": tokens * top_k}, gated=gated, launches=launches,
+        efficiency=eff, eager=_eager(df),
     )  # fmt: skip
 
 
@@ -158,6 +186,7 @@ def _attention(hw, kind: str, df: pd.DataFrame, dtype: str, eff) -> np.ndarray:
             res = kernel_cost.attention_cost(
                 hw, phase, _col(part, "batch"), seq[sel], _col(part, "num_heads"),
                 _col(part, "num_kv_heads"), _col(part, "head_dim"), dtype, kvd, causal=c, efficiency=eff,
+                eager=_eager(part),
             )  # fmt: skip
             out[sel] = np.broadcast_to(res["latency_s"], (int(sel.sum()),))
     return out
