@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moesim.comm import alltoall_bytes
+from moesim.comm import remote_domain_fraction
 from moesim.deployment import Layout
 from moesim.dtypes import compute_dtype, dtype_bytes
 
@@ -290,7 +290,9 @@ def _ffn_gemms(prefix, kind, T, width_per_gpu, model, layout, cdt, count) -> lis
     ]
 
 
-def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list[Op], object]:
+def _moe_ops(
+    model, hw, layout, s: StepShape, cdt, routing, count, phase="decode"
+) -> tuple[list[Op], object]:
     """Router, routed experts (grouped GEMM on the busiest EP rank) and their dispatch/combine."""
     from moesim.routing import UNIFORM, routing_stats
 
@@ -367,17 +369,19 @@ def _moe_ops(model, hw, layout, s: StepShape, cdt, routing, count) -> tuple[list
         if layout.dispatch_dtype == "fp8":
             per_token_dispatch = per_token_dispatch + h * FP8_SCALE_BYTES_PER_CHANNEL
         dom = layout.gpus_per_node or hw.scaleup_domain_size
-        remote = np.where(ep > 1, stats.remote_gpus_per_token, 0.0)
+        remote = np.where(ep_ok & (ep > 1), stats.remote_gpus_per_token, 0.0)
+        intra_per_token, inter_per_token = _dispatch_destinations(
+            s.tokens_stage, k, E, np.where(ep_ok, ep, 1.0), remote, dom, routing, redundant, phase
+        )
         for name, per_token in (("moe.dispatch", per_token_dispatch), ("moe.combine", h * ab)):
-            intra, inter = alltoall_bytes(src_tokens, remote, per_token, ep, dom)
             ops.append(
                 Op(
                     name,
                     "comm",
                     "alltoall",
                     np.asarray(count, dtype=float),
-                    intra_bytes=intra,
-                    inter_bytes=inter,
+                    intra_bytes=src_tokens * intra_per_token * per_token,
+                    inter_bytes=src_tokens * inter_per_token * per_token,
                     group_size=ep,
                 )
             )
@@ -389,6 +393,34 @@ def _scalar_int(value, name: str) -> int:
     if arr.size != 1:
         raise ValueError(f"{name} must be one value per evaluation (group sweeps by it)")
     return int(arr[0])
+
+
+def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, redundant, phase):
+    """Copies of a token one GPU sends over the scale-up and the scale-out network per step.
+
+    Decode runs DeepEP's low-latency kernels, which send each token straight to every remote GPU
+    holding one of its experts (RDMA for GPUs in other domains). Prefill runs its normal kernels,
+    which cross the network once per distinct remote *node* and forward over NVLink inside it
+    (DeepEP README; DeepSeek-V3 report arXiv:2412.19437 section 3.4: node-limited routing and
+    NVLink forwarding). Within one domain everything is NVLink.
+    """
+    from moesim.routing import UNIFORM, routing_stats
+
+    ep = np.asarray(ep, dtype=float)
+    nodes = np.ceil(ep / domain)
+    frac_out = remote_domain_fraction(ep, domain)
+    direct_intra, direct_inter = remote_gpus * (1.0 - frac_out), remote_gpus * frac_out
+    if phase != "prefill" or not np.any(nodes > 1):
+        return direct_intra, direct_inter
+    ok = (E + redundant) % nodes == 0
+    remote_nodes = routing_stats(
+        tokens, k, E, ep=np.where(ok, nodes, 1.0), dist=routing.dist or UNIFORM,
+        redundant_experts=redundant,
+    ).remote_gpus_per_token  # distinct other nodes a token's experts live on  # fmt: skip
+    hier_inter = remote_nodes
+    hier_intra = np.maximum(remote_gpus - remote_nodes, 0.0)
+    multi = (nodes > 1) & ok
+    return np.where(multi, hier_intra, direct_intra), np.where(multi, hier_inter, direct_inter)
 
 
 @dataclass(frozen=True)
@@ -462,7 +494,7 @@ def step_ops(
         )
     if n_moe:
         count = n_moe / pp
-        moe, stats = _moe_ops(model, hw, layout, s, cdt, routing, count)
+        moe, stats = _moe_ops(model, hw, layout, s, cdt, routing, count, phase)
         ops += moe
         if model.shared_intermediate_size:
             ops += _ffn_gemms(
