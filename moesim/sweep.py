@@ -13,6 +13,7 @@ capacity factor, block M, redundant experts — and by which optional operators 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -136,11 +137,7 @@ def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None
     full grid at the end. Dimensions holding categorical or scalar-only inputs (model, dtype,
     routing, redundant experts, ...) are looped over: the cost path takes those as scalars.
     """
-    from moesim import serving
-    from moesim.deployment import Layout
-    from moesim.ops import RoutingOptions
-
-    loaded, cat = plan.loaded, plan.categories
+    cat = plan.categories
     stride = b.size // b.shape[0] if b.shape else 1
     a0, a1 = (start - b.offset) // stride, (stop - b.offset) // stride
     shape = ((a1 - a0),) + tuple(b.shape[1:]) if b.shape else ()
@@ -157,8 +154,6 @@ def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None
     full = {name: out[name].reshape(shape) for name in METRICS}  # views into the chunk's block
     feasible = out["feasible"].reshape(shape)
     reason = out["reason"].reshape(shape)
-    import itertools
-
     for combo in itertools.product(*(range(shape[d]) for d in outer)):
         pick = dict(zip(outer, combo, strict=True))
 
@@ -175,39 +170,13 @@ def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None
         def code(name, value=value):
             return cat[name][int(value(name))]
 
-        lay = loaded.scenario.layouts[b.layout_index]
-        tp, dp = value("tp"), value("dp")
-        layout = Layout(
-            tp=tp,
-            ep=tp * dp if b.ep_spans_stage else value("ep"),
-            pp=value("pp"),
-            dp=dp,
-            replicas=value("replicas"),
-            weight_dtype=code("weight_dtype"),
-            kv_dtype=code("kv_dtype"),
-            act_dtype=code("act_dtype"),
-            dispatch_dtype=code("dispatch_dtype"),
-            overlap=code("overlap"),
-            redundant_experts=int(value("redundant_experts")),
-            offload_fraction=value("offload_fraction"),
-            memory_utilization=lay.memory_utilization,
-            gpus_per_node=lay.gpus_per_node,
-        )
-        routing = RoutingOptions(
-            dist=loaded.routing[code("routing")],
-            block_m=int(code("block_m")),
-            capacity_factor=code("capacity_factor"),
-        )
-        model = loaded.models[int(value("model"))]
-        hw = loaded.hardware[int(value("hardware"))]
-        phase = code("phase")
-        kw = dict(batch=value("batch"), input_len=value("input_len"), routing=routing)
-        if phase == "both":
-            res = serving.predict(model, hw, layout, output_len=value("output_len"), **kw)
-        else:
-            ctx = value("context_len")
-            ctx = np.where(np.isnan(ctx), value("input_len") + value("output_len") / 2.0, ctx)
-            res = serving.predict_phase(model, hw, layout, phase=phase, context_len=ctx, **kw)
+        if b.ep_spans_stage:
+            base_value = value
+
+            def value(name, base_value=base_value):
+                return base_value("tp") * base_value("dp") if name == "ep" else base_value(name)
+
+        res = _predict(plan, b.layout_index, value, code)
         index = tuple(slice(pick[d], pick[d] + 1) if d in pick else slice(None) for d in range(nd))
         target = tuple(1 if d in pick else shape[d] for d in range(nd))
         for name in METRICS:
@@ -238,52 +207,58 @@ def _groups(cols: dict[str, np.ndarray]) -> list[np.ndarray]:
     return np.split(order, bounds)
 
 
-def _evaluate_group(plan: Plan, cols, rows: np.ndarray, out: dict) -> None:
+def _predict(plan: Plan, layout_index: int, value, code) -> dict:
+    """One ``serving.predict`` (or ``predict_phase``) call. ``value(name)`` gives an input as a
+    scalar or an array (flat rows, or an axis of a broadcast grid); ``code(name)`` gives the value
+    of a categorical input. Both evaluation paths build their call here."""
     from moesim import serving
     from moesim.deployment import Layout
     from moesim.ops import RoutingOptions
 
-    loaded, cat = plan.loaded, plan.categories
-    first = rows[0]
-
-    def scalar(name):
-        return cat[name][int(cols[name][first])]
-
-    def arr(name):
-        return cols[name][rows]
-
-    model = loaded.models[int(cols["model"][first])]
-    hw = loaded.hardware[int(cols["hardware"][first])]
-    lay = loaded.scenario.layouts[int(cols["layout_index"][first])]
+    loaded = plan.loaded
+    lay = loaded.scenario.layouts[layout_index]
     layout = Layout(
-        tp=arr("tp"),
-        ep=arr("ep"),
-        pp=arr("pp"),
-        dp=arr("dp"),
-        replicas=arr("replicas"),
-        weight_dtype=scalar("weight_dtype"),
-        kv_dtype=scalar("kv_dtype"),
-        act_dtype=scalar("act_dtype"),
-        dispatch_dtype=scalar("dispatch_dtype"),
-        overlap=scalar("overlap"),
-        redundant_experts=int(cols["redundant_experts"][first]),
-        offload_fraction=arr("offload_fraction"),
+        tp=value("tp"),
+        ep=value("ep"),
+        pp=value("pp"),
+        dp=value("dp"),
+        replicas=value("replicas"),
+        weight_dtype=code("weight_dtype"),
+        kv_dtype=code("kv_dtype"),
+        act_dtype=code("act_dtype"),
+        dispatch_dtype=code("dispatch_dtype"),
+        overlap=code("overlap"),
+        redundant_experts=int(np.max(value("redundant_experts"))),
+        offload_fraction=value("offload_fraction"),
         memory_utilization=lay.memory_utilization,
         gpus_per_node=lay.gpus_per_node,
     )
     routing = RoutingOptions(
-        dist=loaded.routing[scalar("routing")],
-        block_m=int(scalar("block_m")),
-        capacity_factor=scalar("capacity_factor"),
+        dist=loaded.routing[code("routing")],
+        block_m=int(code("block_m")),
+        capacity_factor=code("capacity_factor"),
     )
-    phase = scalar("phase")
-    kw = dict(batch=arr("batch"), input_len=arr("input_len"), routing=routing)
+    model = loaded.models[int(np.max(value("model")))]
+    hw = loaded.hardware[int(np.max(value("hardware")))]
+    phase = code("phase")
+    kw = dict(batch=value("batch"), input_len=value("input_len"), routing=routing)
     if phase == "both":
-        res = serving.predict(model, hw, layout, output_len=arr("output_len"), **kw)
-    else:
-        ctx = arr("context_len")
-        ctx = np.where(np.isnan(ctx), arr("input_len") + arr("output_len") / 2.0, ctx)
-        res = serving.predict_phase(model, hw, layout, phase=phase, context_len=ctx, **kw)
+        return serving.predict(model, hw, layout, output_len=value("output_len"), **kw)
+    ctx = value("context_len")
+    ctx = np.where(np.isnan(ctx), value("input_len") + value("output_len") / 2.0, ctx)
+    return serving.predict_phase(model, hw, layout, phase=phase, context_len=ctx, **kw)
+
+
+def _evaluate_group(plan: Plan, cols, rows: np.ndarray, out: dict) -> None:
+    first = rows[0]
+
+    def code(name):
+        return plan.categories[name][int(cols[name][first])]
+
+    def value(name):
+        return cols[name][rows]
+
+    res = _predict(plan, int(cols["layout_index"][first]), value, code)
     m = len(rows)
     for name in METRICS:
         if name in res:

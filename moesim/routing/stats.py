@@ -185,6 +185,11 @@ def build_table(
     mu_star = T * q_star.sum()
     t_eff = np.where(mu_star > 0, T * max_load / np.where(mu_star > 0, mu_star, 1), 0.0)
     active_max = np.sum(1.0 - (1.0 - q_star[None, :]) ** t_eff[:, None], axis=1)
+    # a slot holds at most one pick per token, so load ℓ needs ≥ ℓ/T active slots (exact at T = 1)
+    active_max = np.maximum(
+        active_max,
+        np.where(T > 0, np.maximum(max_load / np.maximum(T, 1), np.minimum(max_load, 1.0)), 0.0),
+    )
     active_max = np.clip(active_max, slot_active / G, q_star.size)
     if block_m is None:
         padded, padded_max = A, max_load
