@@ -104,6 +104,7 @@ def run_prediction(
     breakdown=False,
     disaggregate=None,
     rate=None,
+    prefix_cache_hit_rate=0.0,
 ) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON."""
     from moesim import serving
@@ -143,6 +144,7 @@ def run_prediction(
             output_len=output_len,
             routing=ropts,
             breakdown=breakdown,
+            prefix_cache_hit_rate=prefix_cache_hit_rate,
         )
         if rate is not None:
             from moesim.queueing import add_queueing

@@ -258,10 +258,15 @@ def predict(
     routing: RoutingOptions | None = None,
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
     breakdown: bool = False,
+    prefix_cache_hit_rate=0.0,
 ) -> dict:
     """Serve a static batch of ``batch`` requests (across the whole layout): prefill all prompts,
     then decode ``output_len`` tokens each. Returns a dict of numpy arrays (broadcast over every
     array input) with the keys documented in the README; ``breakdown=True`` adds per-op rows.
+
+    ``prefix_cache_hit_rate`` is the share of each prompt found in the prefix cache (vLLM
+    automatic prefix caching, SGLang RadixAttention): those tokens are not recomputed, but the
+    new ones still attend to them, so prefill runs the rest with the hit as cached context.
     """
     layout = layout or Layout()
     batch = np.asarray(batch, dtype=float)
@@ -270,7 +275,10 @@ def predict(
     groups = layout.arr("dp") * layout.arr("replicas")
     seqs = batch / groups  # sequences per DP group
 
-    prefill = step(model, hw, layout, "prefill", seqs, input_len, 0.0, routing)
+    hit = np.clip(np.asarray(prefix_cache_hit_rate, dtype=float), 0.0, 1.0)
+    cached = np.floor(input_len * hit)
+    new = np.maximum(input_len - cached, 1.0)  # the last prompt token is always computed
+    prefill = step(model, hw, layout, "prefill", seqs, new, input_len - new, routing)
     # Static batch: decode steps see contexts input+1 .. input+output-1; KV reads are linear in
     # context, so the step at the mean context gives the mean step time.
     mean_ctx = input_len + output_len / 2.0

@@ -118,6 +118,13 @@ def predict_cmd(
         min=0.0,
         help="Arrival rate (requests/s) for queueing delay and pool sizing.",
     ),
+    prefix_cache_hit_rate: float = typer.Option(
+        0.0,
+        "--prefix-cache-hit-rate",
+        min=0.0,
+        max=1.0,
+        help="Share of each prompt served from the prefix cache (phase both).",
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -155,6 +162,7 @@ def predict_cmd(
         breakdown=breakdown,
         disaggregate=disaggregate,
         rate=rate,
+        prefix_cache_hit_rate=prefix_cache_hit_rate,
     )
     if notes:
         result["notes"] = notes
