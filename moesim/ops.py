@@ -228,7 +228,7 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
                     H * r_kv,
                 )
             )
-            pairs = s.seqs * np.minimum(s.context + 1, np.inf)
+            pairs = s.seqs * (s.context + 1.0)  # every cached token plus the new one
             flops = 2.0 * pairs * H * ((r_kv + r_rope) + r_kv)
             io = pairs * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
             ops.append(
