@@ -179,7 +179,9 @@ def _coef_power(f: np.ndarray, m: np.ndarray, G: int, N: int) -> np.ndarray:
     """[z^N] (Σ_{j<m} f_j z^j)^G for each threshold m (exchangeable GPUs), via FFT."""
     width = int(m.max())
     trunc = np.where(np.arange(width)[None, :] < m[:, None], f[None, :width], 0.0)  # [R, width]
-    P = 1 << int(np.ceil(np.log2(G * (width - 1) + 2)))
+    # The G-fold product is the pgf of a total with mean N, so coefficients past N + 12·sqrt(N) + 64
+    # are negligible and P points suffice (the same bound as _coef_product): aliasing onto N is nil.
+    P = 1 << int(np.ceil(np.log2(max(N + 12 * np.sqrt(N) + 64, width + 1))))
     F = np.fft.rfft(trunc, P, axis=1)
     return np.fft.irfft(F**G, P, axis=1)[:, N]
 
