@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from moesim import __version__
-    from moesim.scenario import build_plan, load_scenario
-    from moesim.sweep import run_plan
+    from moesim.plan.scenario import build_plan, load_scenario
+    from moesim.plan.sweep import run_plan
 
     plan = build_plan(load_scenario(args.scenario))
     points = plan.size if args.limit is None else min(args.limit, plan.size)

@@ -10,28 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.deployment import Layout
+from moesim.cost.ops import routing_options  # noqa: F401 (public here since 0.1)
 from moesim.errors import MoesimError
-
-
-def resolve(model, hardware):
-    """Accept names/paths or already-loaded specs."""
-    from moesim.hardware import HardwareProfile, load_hardware
-    from moesim.model import ModelSpec, load_model
-
-    m = model if isinstance(model, ModelSpec) else load_model(model)
-    h = hardware if isinstance(hardware, HardwareProfile) else load_hardware(hardware)
-    return m, h
-
-
-def routing_options(routing="uniform", capacity_factor=None, block_m=64, drop_tokens=True):
-    from moesim.ops import RoutingOptions
-    from moesim.routing import parse_routing
-
-    dist = parse_routing(routing) if isinstance(routing, str) else routing
-    return RoutingOptions(
-        dist=dist, block_m=block_m, capacity_factor=capacity_factor, drop_tokens=drop_tokens
-    )
+from moesim.spec import resolve  # noqa: F401 (public here since 0.1)
+from moesim.spec.deployment import Layout
 
 
 def build_layout(
@@ -107,12 +89,12 @@ def run_prediction(
     prefix_cache_hit_rate=0.0,
 ) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON."""
-    from moesim import serving
+    from moesim.engine import static as serving
 
     m, hw = resolve(model, hardware)
     ropts = routing_options(routing, capacity_factor, block_m)
     if np.any(layout.arr("offload_fraction") > 0) and m.is_moe:
-        from moesim.offload import with_offload
+        from moesim.cost.offload import with_offload
 
         ropts = with_offload(ropts, m)  # hit rate of a cache of the hottest experts
     if m.is_moe is False and layout.arr("ep").max() > 1:
@@ -120,7 +102,7 @@ def run_prediction(
             f"--ep {int(layout.arr('ep').max())} needs an MoE model; {m.name} is dense"
         )
     if disaggregate:
-        from moesim.disagg import predict_disaggregated
+        from moesim.engine.disagg import predict_disaggregated
 
         res = predict_disaggregated(
             m,
@@ -147,7 +129,7 @@ def run_prediction(
             prefix_cache_hit_rate=prefix_cache_hit_rate,
         )
         if rate is not None:
-            from moesim.queueing import add_queueing
+            from moesim.engine.queueing import add_queueing
 
             res = add_queueing(res, rate=rate, batch=batch)
     else:

@@ -38,8 +38,8 @@ else:
 if measured is not None and not measured.empty:
     import altair as alt
 
-    from moesim.hardware import list_hardware, load_hardware
-    from moesim.roofline import RooflineParams, op_time_s
+    from moesim.cost.roofline import RooflineParams, op_time_s
+    from moesim.spec.hardware import list_hardware, load_hardware
 
     name = folder.name if folder.name in list_hardware() else "h100-sxm"
     hw = load_hardware(name)

@@ -19,9 +19,9 @@
 import tempfile
 from pathlib import Path
 
+from moesim.plan.scenario import build_plan, load_scenario
+from moesim.plan.sweep import run_plan
 from moesim.plots.charts import pareto_chart
-from moesim.scenario import build_plan, load_scenario
-from moesim.sweep import run_plan
 
 MODEL, HARDWARE = "mixtral-8x7b", "h100-sxm"
 SLO = {"ttft_s": 1.5, "tpot_s": 0.04}
@@ -87,11 +87,11 @@ pareto_chart(df, color="hardware", title=f"{MODEL}: throughput vs interactivity"
 
 # %%
 try:
-    from moesim.planner import plan as plan_fleet
+    from moesim.plan.planner import plan as plan_fleet
 except ImportError:
     plan_fleet = None
 if plan_fleet is None:
-    print("moesim.planner is not available in this install; the sweep above is the plan.")
+    print("moesim.plan.planner is not available in this install; the sweep above is the plan.")
 else:
     result = plan_fleet(
         MODEL,

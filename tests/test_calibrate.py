@@ -23,9 +23,9 @@ from moesim.calibrate import (
     predict_rows,
 )
 from moesim.cli import app
+from moesim.cost.kernel_cost import gemm_cost
 from moesim.errors import MoesimError
-from moesim.hardware import CollectiveEfficiency, KernelEfficiency, load_hardware
-from moesim.kernel_cost import gemm_cost
+from moesim.spec.hardware import CollectiveEfficiency, KernelEfficiency, load_hardware
 
 CPU_DIR = Path(__file__).parent / "data" / "measurements_cpu"
 REPO = Path(__file__).parent.parent

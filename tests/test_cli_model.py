@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from moesim.cli import app
 from moesim.errors import MoesimError
-from moesim.model import list_models, load_model
+from moesim.spec.model import list_models, load_model
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moesim import comm
-from moesim.hardware import load_hardware
+from moesim.cost import comm
+from moesim.spec.hardware import load_hardware
 
 NET = comm.Network.from_hardware(load_hardware("h100-sxm"))
 

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moesim import serving
-from moesim.deployment import Layout
-from moesim.hardware import load_hardware
-from moesim.kernel_cost import gemm_cost, moe_cost
-from moesim.model import load_model
-from moesim.roofline import RooflineParams, floor_s, op_time_s, smoothmax
+from moesim.cost.kernel_cost import gemm_cost, moe_cost
+from moesim.cost.roofline import RooflineParams, floor_s, op_time_s, smoothmax
+from moesim.engine import static as serving
+from moesim.spec.deployment import Layout
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
 
 H100 = load_hardware("h100-sxm")
 MODELS = ["llama-3.1-8b", "mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v2-lite", "gpt-oss-20b"]

@@ -6,11 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim import serving
-from moesim.deployment import Layout, check_layout
-from moesim.disagg import routing_or_default
-from moesim.hardware import load_hardware
-from moesim.model import load_model
+from moesim.cost.ops import routing_or_default
+from moesim.engine import static as serving
+from moesim.spec.deployment import Layout, check_layout
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
 
 MODELS = {
     n: load_model(n) for n in ("mixtral-8x7b", "deepseek-v3", "llama-3.1-70b", "qwen3-30b-a3b")
@@ -65,7 +65,7 @@ def test_a_layout_that_fits_is_never_infeasible(name, tp, pp, batch, ctx):
 
 
 def test_ep_alltoall_bytes_zero_at_ep1_and_grow_with_remote_share():
-    from moesim.ops import step_ops
+    from moesim.cost.ops import step_ops
 
     m = MODELS["deepseek-v3"]
 

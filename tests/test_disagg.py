@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from moesim.cli import app
-from moesim.deployment import Layout
-from moesim.disagg import parse_spec, predict_disaggregated
+from moesim.engine.disagg import parse_spec, predict_disaggregated
 from moesim.errors import MoesimError
-from moesim.hardware import load_hardware
-from moesim.model import load_model
+from moesim.spec.deployment import Layout
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
 
 M, HW = load_model("deepseek-v3"), load_hardware("h800")
 SPEC = "prefill=tp8,pp2,dtype=fp8,kv=fp8;decode=tp1,dp16,ep16,dtype=fp8,kv=fp8"

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from moesim.cost.routing import eplb_place, histogram, monte_carlo_stats, routing_stats, zipf
 from moesim.errors import MoesimError
-from moesim.routing import eplb_place, histogram, monte_carlo_stats, routing_stats, zipf
 
 
 def test_eplb_lowers_max_mean_on_a_skewed_histogram_and_charges_memory():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moesim.errors import MoesimError
-from moesim.hardware import (
+from moesim.spec.hardware import (
     KERNEL_CLASSES,
     Efficiency,
     KernelEfficiency,

@@ -1,4 +1,4 @@
-"""moesim.model: parameter counts against published figures, HF import, invariants, errors."""
+"""moesim.spec.model: parameter counts against published figures, HF import, invariants, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from moesim.errors import MoesimError
-from moesim.model import ModelSpec, list_models, load_model, preset_metadata
+from moesim.spec.model import ModelSpec, list_models, load_model, preset_metadata
 
 PRESETS = list_models()
 MOE_PRESETS = [n for n in PRESETS if load_model(n).is_moe]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.deployment import Layout
+from moesim.cost.offload import expected_misses, hit_rate, host_memory_check, with_offload
+from moesim.cost.routing import zipf
 from moesim.errors import MoesimError
-from moesim.hardware import load_hardware
-from moesim.model import load_model
-from moesim.offload import expected_misses, hit_rate, host_memory_check, with_offload
-from moesim.routing import zipf
+from moesim.spec.deployment import Layout
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
 
 E, K = 64, 6
 
@@ -60,7 +60,7 @@ def test_bad_policy_is_a_user_error():
 
 
 def test_decode_time_rises_with_offload_fraction():
-    from moesim import serving
+    from moesim.engine import static as serving
 
     m, hw = load_model("mixtral-8x7b"), load_hardware("h100-sxm")
     frac = np.array([0.0, 0.25, 0.5, 0.75])

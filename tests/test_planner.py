@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moesim.cli import app
-from moesim.planner import pareto_front, plan
+from moesim.plan.planner import pareto_front, plan
 
 runner = CliRunner()
 

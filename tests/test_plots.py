@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from moesim.api import resolve
+from moesim.plan.sweep import run_scenario
 from moesim.plots import charts, save_chart
-from moesim.sweep import run_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

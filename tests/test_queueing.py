@@ -6,7 +6,12 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moesim.queueing import UNSTABLE_REASON, add_queueing, max_utilization_for_wait, pk_wait_s
+from moesim.engine.queueing import (
+    UNSTABLE_REASON,
+    add_queueing,
+    max_utilization_for_wait,
+    pk_wait_s,
+)
 
 
 @given(st.floats(0.001, 10.0), st.lists(st.floats(0.0, 200.0), min_size=2, max_size=20))

@@ -1,4 +1,4 @@
-"""moesim.routing: the fast path against the Monte-Carlo reference, invariants, inputs."""
+"""moesim.cost.routing: the fast path against the Monte-Carlo reference, invariants, inputs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim.errors import MoesimError
-from moesim.routing import (
+from moesim.cost.routing import (
     UNIFORM,
     dirichlet,
     inclusion_probs,
@@ -22,8 +21,9 @@ from moesim.routing import (
     shared_expert_tokens,
     zipf,
 )
-from moesim.routing.montecarlo import sample_topk, stats_from_picks
-from moesim.routing.stats import build_table, layer_routing
+from moesim.cost.routing.montecarlo import sample_topk, stats_from_picks
+from moesim.cost.routing.stats import build_table, layer_routing
+from moesim.errors import MoesimError
 
 GRID_T = [1, 2, 7, 64, 512, 4096, 65536]
 GRID_E = [8, 16, 64, 128, 256, 384]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from moesim.cli import app
 from moesim.errors import MoesimError
-from moesim.scenario import build_plan, json_schema, load_scenario
+from moesim.plan.scenario import build_plan, json_schema, load_scenario
 
 HEAD = "name: t\nmodels: [llama-3.1-8b]\nhardware: [h100-sxm]\n"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim import serving
-from moesim.deployment import Layout
-from moesim.hardware import load_hardware
-from moesim.model import load_model
-from moesim.offload import host_memory_check, with_offload
+from moesim.cost.offload import host_memory_check, with_offload
+from moesim.engine import static as serving
+from moesim.spec.deployment import Layout
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
 
 M, HW = load_model("deepseek-v3"), load_hardware("h200")
 TOPOLOGIES = {

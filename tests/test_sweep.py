@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from moesim import serving
 from moesim.cli import app
-from moesim.deployment import Layout
-from moesim.ops import RoutingOptions
-from moesim.routing import parse_routing
-from moesim.scenario import build_plan, load_scenario
-from moesim.sweep import METRICS, read_results, run_plan, run_scenario
+from moesim.cost.ops import RoutingOptions
+from moesim.cost.routing import parse_routing
+from moesim.engine import static as serving
+from moesim.plan.scenario import build_plan, load_scenario
+from moesim.plan.sweep import METRICS, read_results, run_plan, run_scenario
+from moesim.spec.deployment import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = """\
@@ -163,8 +163,8 @@ def test_cli_sweep_json(tmp_path, scenario_path):
 def test_broadcast_path_equals_grouped_rows(name, monkeypatch):
     """Dense sub-grids are evaluated with numeric axes as orthogonal numpy dimensions; the result
     must equal evaluating the flattened rows group by group."""
-    from moesim import sweep as sweep_mod
-    from moesim.scenario import build_plan, load_scenario
+    from moesim.plan import sweep as sweep_mod
+    from moesim.plan.scenario import build_plan, load_scenario
 
     plan = build_plan(load_scenario(REPO / "scenarios" / f"{name}.yaml"))
     fast = sweep_mod.run_plan(plan)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moesim import units
 from moesim.errors import MoesimError
+from moesim.spec import units
 
 
 @pytest.mark.parametrize(

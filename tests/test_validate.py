@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from moesim.calibrate.validate import validate
 from moesim.cli import app
 from moesim.errors import MoesimError
-from moesim.validate import validate
 
 CPU_DIR = Path(__file__).parent / "data" / "measurements_cpu"
 STATS = {"median_abs_error", "mean_abs_error", "max_abs_error", "n"}
@@ -59,7 +59,7 @@ def test_json_keys(cpu_profile):
 
 
 def test_heldout_only_scores_the_recorded_shapes(cpu_profile):
-    from moesim.hardware import load_hardware
+    from moesim.spec.hardware import load_hardware
 
     every = _json(str(CPU_DIR), "--profile", str(cpu_profile))
     held = _json(str(CPU_DIR), "--profile", str(cpu_profile), "--heldout-only")
@@ -117,7 +117,7 @@ def test_h200_measured_profile_heldout_errors():
     shapes. Measured when fitted: GEMM 6.7 %, fused MoE (Triton) 9.6 %, copies 8.2 % median;
     whole layers 16 % (eager host launches counted). Bounds sit just above those figures so a
     regression in the model or the fit shows."""
-    from moesim.validate import validate
+    from moesim.calibrate.validate import validate
 
     profile = H200_DIR.parents[1] / "h200.measured.yaml"
     report = validate(H200_DIR, profile, heldout_only=True)

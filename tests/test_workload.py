@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim import serving
+from moesim.engine import static as serving
 from moesim.errors import MoesimError
-from moesim.hardware import load_hardware
-from moesim.model import load_model
-from moesim.workload import Workload
+from moesim.spec.hardware import load_hardware
+from moesim.spec.model import load_model
+from moesim.spec.workload import Workload
 
 H100 = load_hardware("h100-sxm")
 

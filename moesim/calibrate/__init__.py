@@ -1,8 +1,8 @@
 """Fit the roofline and network efficiency terms of a hardware profile to measurements.
 
 ``moesim profile`` writes kernel timings; :class:`Calibration` fits, per kernel class, the few
-physical parameters of :mod:`moesim.roofline` (achievable peak per dtype, achievable bandwidth,
-launch overhead, tile quantisation, ridge sharpness) and the α-β terms of :mod:`moesim.comm`,
+physical parameters of :mod:`moesim.cost.roofline` (achievable peak per dtype, achievable bandwidth,
+launch overhead, tile quantisation, ridge sharpness) and the α-β terms of :mod:`moesim.cost.comm`,
 holding out a fixed fraction of shapes to report how well the model extrapolates, and writes a
 measured profile. :func:`calibrate_published` does the same from published kernel tables.
 """

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
-from moesim.hardware import HardwareProfile, list_hardware, load_hardware, normalize_dtype
+from moesim.spec.hardware import HardwareProfile, list_hardware, load_hardware, normalize_dtype
 
 # Device-name patterns -> shipped datasheet profile (first match wins; order matters).
 DEVICE_PROFILES: tuple[tuple[str, str], ...] = (

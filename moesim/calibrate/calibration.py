@@ -27,11 +27,11 @@ from moesim.calibrate.measurements import (
     usable_rows,
 )
 from moesim.errors import MoesimError
-from moesim.hardware import HardwareProfile
+from moesim.spec.hardware import HardwareProfile
 
 METHOD = (
     "scipy.optimize.least_squares (trf) on log(pred) - log(measured); predictions through "
-    "moesim.kernel_cost / moesim.comm; eta in [0.01, 1], launch overhead in [0, 1 ms], ridge "
+    "moesim.cost.kernel_cost / moesim.cost.comm; eta in [0.01, 1], launch overhead in [0, 1 ms], ridge "
     "sharpness in [1, 64]; tile_m x tile_n from {1, 16, 32, 64, 128, 256}^2 by training loss; "
     "weak prior (1e-2 per unit log-eta) towards the base profile"
 )

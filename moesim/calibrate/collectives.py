@@ -1,6 +1,6 @@
 """Fit the α-β network terms (``efficiency.collectives``) to measured collectives.
 
-Each all-reduce / all-to-all row is priced by :mod:`moesim.comm` (ring or in-switch all-reduce,
+Each all-reduce / all-to-all row is priced by :mod:`moesim.cost.comm` (ring or in-switch all-reduce,
 hierarchical across domains; all-to-all bounded by the slower level), whose per-level time is
 alpha + bytes / (line rate * eta) (Hockney 1994). ``scipy.optimize.least_squares`` fits, in log
 time, the latency and bandwidth efficiency of each level the rows exercise — scale-up for groups
@@ -18,7 +18,7 @@ from scipy.optimize import least_squares
 from moesim.calibrate.measurements import error_stats, heldout_shapes, usable_rows
 from moesim.calibrate.predict import _col, collective_bytes, predict_collective_rows
 from moesim.errors import MoesimError
-from moesim.hardware import CollectiveEfficiency
+from moesim.spec.hardware import CollectiveEfficiency
 
 LATENCY_MAX_S = 1e-3
 EFF_BOUNDS = (0.01, 1.0)

@@ -1,6 +1,6 @@
 """Fit one kernel class's roofline terms to measurements (scikit-learn style estimator).
 
-The model is :func:`moesim.roofline.op_time_s` as priced by :mod:`moesim.kernel_cost`:
+The model is :func:`moesim.cost.roofline.op_time_s` as priced by :mod:`moesim.cost.kernel_cost`:
 
     t = smoothmax_p(FLOPs / (peak[dtype] * eta_c[dtype] * q(m, n; tile_m, tile_n)),
                     bytes / (bandwidth * eta_m)) + t_launch
@@ -30,7 +30,7 @@ from moesim.calibrate.measurements import (
 )
 from moesim.calibrate.predict import _dtype, _eager, group_rows, predict_groups
 from moesim.errors import MoesimError
-from moesim.hardware import KERNEL_CLASSES, KernelEfficiency
+from moesim.spec.hardware import KERNEL_CLASSES, KernelEfficiency
 
 TILE_GRID = (1, 16, 32, 64, 128, 256)
 TILED_CLASSES = ("gemm", "grouped_gemm")
@@ -251,7 +251,7 @@ class KernelCalibrator:
         """Kernel launches of each row's call (MoE implementations launch many; others one)."""
         if self.kernel_class != "grouped_gemm" or "impl" not in train.columns:
             return np.ones(len(train))
-        from moesim.kernel_cost import moe_launches
+        from moesim.cost.kernel_cost import moe_launches
 
         paths = (
             train["impl_path"].astype(str) if "impl_path" in train.columns else [""] * len(train)

@@ -1,8 +1,8 @@
 """Model predictions for measured rows, through the same functions users call.
 
-Every kernel row is priced by :mod:`moesim.kernel_cost` (``gemm_cost``, ``copy_cost``,
+Every kernel row is priced by :mod:`moesim.cost.kernel_cost` (``gemm_cost``, ``copy_cost``,
 ``permute_cost``, ``moe_cost`` with the row's *realised* routing, ``attention_cost``) and every
-collective row by :mod:`moesim.comm`, so calibration fits, and validation measures, exactly the
+collective row by :mod:`moesim.cost.comm`, so calibration fits, and validation measures, exactly the
 model that ``moesim predict`` runs.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moesim import comm, kernel_cost
+from moesim.cost import comm, kernel_cost
 from moesim.errors import MoesimError
-from moesim.hardware import normalize_dtype
+from moesim.spec.hardware import normalize_dtype
 
 
 def _col(df: pd.DataFrame, name: str, default=None) -> np.ndarray:
@@ -77,7 +77,7 @@ def predict_groups(hw, groups, n_rows: int, efficiency=None) -> np.ndarray:
 def predict_kernel_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
     """Predicted seconds of each kernel row of ``df`` (any mix of classes), aligned with its rows.
 
-    ``efficiency`` (an ``Efficiency``) overrides ``hw.efficiency``, as in :mod:`moesim.kernel_cost`.
+    ``efficiency`` (an ``Efficiency``) overrides ``hw.efficiency``, as in :mod:`moesim.cost.kernel_cost`.
     """
     return predict_groups(hw, group_rows(df), len(df), efficiency)
 
@@ -200,7 +200,7 @@ def collective_bytes(df: pd.DataFrame, domain_size: int) -> tuple[np.ndarray, np
 
     Rows may carry ``intra_bytes`` / ``inter_bytes`` (published conversions); otherwise
     ``message_bytes`` is the rank's whole send buffer, of which (n-1)/n leaves the GPU, split
-    between the scale-up domain and the network as :func:`moesim.comm.remote_domain_fraction`.
+    between the scale-up domain and the network as :func:`moesim.cost.comm.remote_domain_fraction`.
     """
     n = _col(df, "world_size", 1.0)
     if "intra_bytes" in df.columns and "inter_bytes" in df.columns:

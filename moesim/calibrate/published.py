@@ -21,8 +21,8 @@ implies:
 - DeepEP normal kernels (R051-R058): "bottleneck bandwidth" = bytes on the bottleneck link /
   time. Each row becomes one all-to-all of 4096 tokens per rank (hidden 7168, top-8 of 256
   experts, uniform routing) over EP8 (NVLink bottleneck) or EP16/32/64 (RDMA bottleneck);
-  bytes per level are the model's own (:func:`moesim.comm.alltoall_bytes`, remote GPUs per
-  token from :func:`moesim.routing.routing_stats`; fp8 dispatch with 1x128 scales, bf16
+  bytes per level are the model's own (:func:`moesim.cost.comm.alltoall_bytes`, remote GPUs per
+  token from :func:`moesim.cost.routing.routing_stats`; fp8 dispatch with 1x128 scales, bf16
   combine) and t = bottleneck-level bytes / published bandwidth.
 """
 
@@ -140,9 +140,9 @@ def _flashmla(pts: pd.DataFrame) -> list[dict]:
 
 
 def _deepep(pts: pd.DataFrame) -> list[dict]:
-    from moesim.comm import alltoall_bytes
-    from moesim.ops import FP8_SCALE_BYTES_PER_CHANNEL
-    from moesim.routing import routing_stats
+    from moesim.cost.comm import alltoall_bytes
+    from moesim.cost.ops import FP8_SCALE_BYTES_PER_CHANNEL
+    from moesim.cost.routing import routing_stats
 
     rows = []
     for _, r in pts[pts["category"] == "comm_ep_alltoall"].iterrows():

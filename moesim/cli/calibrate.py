@@ -134,10 +134,10 @@ def validate(
         help="Write roofline and predicted-vs-measured charts to PATH_STEM.{html,svg,png}.",
     ),
 ) -> None:
+    from moesim.calibrate.validate import scored_rows
+    from moesim.calibrate.validate import validate as run_validate
     from moesim.cli._common import print_json
-    from moesim.hardware import load_hardware
-    from moesim.validate import scored_rows
-    from moesim.validate import validate as run_validate
+    from moesim.spec.hardware import load_hardware
 
     hw = load_hardware(profile)
     report = run_validate(directory, hw, heldout_only)

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """List the hardware profiles with their headline numbers."""
-        from moesim.hardware import list_hardware, load_hardware
+        from moesim.spec.hardware import list_hardware, load_hardware
 
         rows = [_summary(load_hardware(name)) for name in list_hardware()]
         if json:
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
         """Show every number of a profile in human and SI units, its calibration and sources."""
-        from moesim.hardware import load_hardware
+        from moesim.spec.hardware import load_hardware
 
         profile = load_hardware(name)
         if json:
@@ -107,7 +107,7 @@ def _print_profile(profile) -> None:
     from rich.table import Table
 
     from moesim.cli._common import console, fmt
-    from moesim.hardware import KERNEL_CLASSES
+    from moesim.spec.hardware import KERNEL_CLASSES
 
     console.print(f"[bold]{profile.name}[/bold] ({profile.vendor}): {profile.description}")
     table = Table(title="numbers (per GPU; bandwidths per direction)", title_justify="left")

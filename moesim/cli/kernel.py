@@ -43,8 +43,8 @@ def gemm(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from moesim.hardware import load_hardware
-    from moesim.kernel_cost import gemm_cost
+    from moesim.cost.kernel_cost import gemm_cost
+    from moesim.spec.hardware import load_hardware
 
     hw = load_hardware(hardware)
     res = gemm_cost(hw, m, n, k, dtype)
@@ -93,10 +93,10 @@ def moe(
     plain: bool = typer.Option(False, "--plain", help="Non-gated FFN (2 matrices instead of 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
+    from moesim.cost.kernel_cost import moe_cost
+    from moesim.cost.routing import parse_routing
     from moesim.errors import MoesimError
-    from moesim.hardware import load_hardware
-    from moesim.kernel_cost import moe_cost
-    from moesim.routing import parse_routing
+    from moesim.spec.hardware import load_hardware
 
     if top_k > experts:
         raise MoesimError(f"--top-k {top_k} exceeds --experts {experts}")

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from moesim.cli._common import console, print_json, si
-        from moesim.model import list_models, load_model
+        from moesim.spec.model import list_models, load_model
 
         rows = [_summary(load_model(name)) for name in list_models()]
         if as_json:
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show one model: parameters by component, KV bytes per token, key architecture fields."""
         from moesim.cli._common import console, kv_table, print_json
-        from moesim.model import load_model
+        from moesim.spec.model import load_model
 
         info = _details(load_model(name_or_path))
         if as_json:

@@ -54,7 +54,7 @@ def plan_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from moesim.api import routing_options
-    from moesim.planner import plan
+    from moesim.plan.planner import plan
 
     result = plan(
         model,

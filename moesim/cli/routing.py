@@ -11,10 +11,10 @@ def _model_experts(name: str) -> tuple[int, int]:
     from moesim.errors import MoesimError
 
     try:
-        from moesim.model import load_model
+        from moesim.spec.model import load_model
     except ImportError:
         raise MoesimError(
-            "--model needs moesim.model, which is not available; pass --experts and --top-k"
+            "--model needs moesim.spec.model, which is not available; pass --experts and --top-k"
         ) from None
     spec = load_model(name)
     E, k = int(getattr(spec, "num_experts", 1)), int(getattr(spec, "top_k", 1))
@@ -61,9 +61,9 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from moesim.cli._common import console, fmt, print_json
+        from moesim.cost.routing import monte_carlo_stats, parse_routing, routing_stats
+        from moesim.cost.routing.stats import STAT_NAMES
         from moesim.errors import MoesimError
-        from moesim.routing import monte_carlo_stats, parse_routing, routing_stats
-        from moesim.routing.stats import STAT_NAMES
 
         try:
             token_list = [float(t) for t in tokens.split(",") if t.strip()]

@@ -27,7 +27,7 @@ def check_cmd(
     path: Path = typer.Argument(..., help="Scenario YAML file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from moesim.scenario import build_plan, load_scenario
+    from moesim.plan.scenario import build_plan, load_scenario
 
     loaded = load_scenario(path)
     plan = build_plan(loaded)
@@ -67,7 +67,7 @@ def schema_cmd(
 ) -> None:
     import json
 
-    from moesim.scenario import json_schema
+    from moesim.plan.scenario import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out is None:

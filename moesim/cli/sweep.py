@@ -34,7 +34,7 @@ def sweep_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     from moesim.cli._common import console, print_json
-    from moesim.sweep import run_scenario
+    from moesim.plan.sweep import run_scenario
 
     df, manifest = run_scenario(
         path,

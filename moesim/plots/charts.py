@@ -391,17 +391,17 @@ def fragmentation_curve(
     The dense model reads its FFN once for the whole batch, the MoE reads each *active* expert,
     each seeing ~T·k/E tokens: this is the batching fragmentation of DESIGN.md.
     """
-    from moesim import serving
-    from moesim.deployment import Layout
-    from moesim.dtypes import dtype_bytes
-    from moesim.ops import RoutingOptions
-    from moesim.roofline import ridge_intensity
-    from moesim.routing import parse_routing
+    from moesim.cost.ops import RoutingOptions
+    from moesim.cost.roofline import ridge_intensity
+    from moesim.cost.routing import parse_routing
+    from moesim.engine import static as serving
+    from moesim.spec.deployment import Layout
+    from moesim.spec.dtypes import dtype_bytes
 
     layout = layout or Layout()
     batches = np.asarray(batches, dtype=float)
     wb = dtype_bytes(layout.weight_dtype)
-    from moesim.dtypes import compute_dtype
+    from moesim.spec.dtypes import compute_dtype
 
     cdt = compute_dtype(layout.weight_dtype, hw.peak_flops_per_s)
     n_star = ridge_intensity(hw.peak(cdt), hw.hbm_bandwidth_bytes_per_s) * wb / 2.0
@@ -524,10 +524,10 @@ def representative_row(df: pd.DataFrame) -> pd.Series:
 
 
 def predict_row(row: pd.Series, loaded, breakdown: bool = True) -> tuple[dict, object, object]:
-    """Re-run one sweep row through :func:`moesim.serving.predict` (scalar, with breakdown)."""
-    from moesim import serving
-    from moesim.deployment import Layout
-    from moesim.ops import RoutingOptions
+    """Re-run one sweep row through :func:`moesim.engine.static.predict` (scalar, with breakdown)."""
+    from moesim.cost.ops import RoutingOptions
+    from moesim.engine import static as serving
+    from moesim.spec.deployment import Layout
 
     model = loaded.models[loaded.model_labels.index(str(row["model"]))]
     hw = loaded.hardware[loaded.hardware_labels.index(str(row["hardware"]))]

@@ -10,7 +10,7 @@ import pandas as pd
 
 
 def planner_chart(result, max_points: int = 4000) -> alt.LayerChart:
-    """Altair chart of a :class:`moesim.planner.PlanResult`."""
+    """Altair chart of a :class:`moesim.plan.planner.PlanResult`."""
     table = result.table
     pts = table[table["fits"] & (table["cap_gpus"] <= result.request.get("max_gpus", float("inf")))]
     pts = pts.sort_values("cap_usd_per_million_output_tokens").head(max_points)

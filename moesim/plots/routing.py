@@ -6,8 +6,14 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from moesim.routing import UNIFORM, RoutingDistribution, histogram, parse_routing, routing_stats
-from moesim.routing.stats import layer_routing
+from moesim.cost.routing import (
+    UNIFORM,
+    RoutingDistribution,
+    histogram,
+    parse_routing,
+    routing_stats,
+)
+from moesim.cost.routing.stats import layer_routing
 
 
 def expert_load_chart(

@@ -1,38 +1,10 @@
-"""Where the tokens go: expert-load statistics of MoE routing.
+"""Moved to :mod:`moesim.cost.routing`; this import path is kept for one release."""
 
-Routing distributions (uniform, Zipf, Dirichlet, measured histograms), per-token inclusion
-probabilities of top-k without replacement, the vectorised :func:`routing_stats` used by the cost
-model (active experts, EP straggler load, tile padding, capacity drops, all-to-all destinations),
-a Monte-Carlo reference, and the EPLB redundant-expert placement.
-"""
+import importlib
+import sys
 
-from moesim.routing.distributions import (
-    UNIFORM,
-    RoutingDistribution,
-    dirichlet,
-    histogram,
-    load_histogram,
-    parse_routing,
-    zipf,
-)
-from moesim.routing.eplb import Placement, eplb_place
-from moesim.routing.inclusion import inclusion_probs
-from moesim.routing.montecarlo import monte_carlo_stats
-from moesim.routing.stats import RoutingStats, routing_stats, shared_expert_tokens
+from moesim.cost import routing as _package
 
-__all__ = [
-    "UNIFORM",
-    "Placement",
-    "RoutingDistribution",
-    "RoutingStats",
-    "dirichlet",
-    "eplb_place",
-    "histogram",
-    "inclusion_probs",
-    "load_histogram",
-    "monte_carlo_stats",
-    "parse_routing",
-    "routing_stats",
-    "shared_expert_tokens",
-    "zipf",
-]
+for _name in ("distributions", "eplb", "inclusion", "loads", "montecarlo", "stats"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"{_package.__name__}.{_name}")
+sys.modules[__name__] = _package

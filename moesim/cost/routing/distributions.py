@@ -2,7 +2,7 @@
 
 A distribution gives the router's per-expert selection weights ``p`` (summing to one); a token
 then takes its top-k as k *distinct* experts drawn without replacement proportionally to ``p``
-(see :mod:`moesim.routing.inclusion`).
+(see :mod:`moesim.cost.routing.inclusion`).
 
 An expert's index carries no popularity information in a trained model, so synthetic skew
 (Zipf) is mapped onto expert indices by a seeded random permutation: otherwise the contiguous

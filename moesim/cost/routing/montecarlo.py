@@ -1,4 +1,4 @@
-"""Seeded Monte-Carlo reference for :func:`moesim.routing.routing_stats` (used by the tests).
+"""Seeded Monte-Carlo reference for :func:`moesim.cost.routing.routing_stats` (used by the tests).
 
 Each token takes its top-k as the k largest ``log p_e + Gumbel_e`` (Gumbel-top-k: Vieira 2014;
 Kool, van Hoof & Welling, ICML 2019, arXiv:1903.06059), i.e. k distinct experts drawn without
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from moesim.cost.routing.distributions import UNIFORM, RoutingDistribution, parse_routing
+from moesim.cost.routing.stats import STAT_NAMES, RoutingStats
 from moesim.errors import MoesimError
-from moesim.routing.distributions import UNIFORM, RoutingDistribution, parse_routing
-from moesim.routing.stats import STAT_NAMES, RoutingStats
 
 _CHUNK = 1 << 21  # Gumbel scores per chunk
 

@@ -1,7 +1,7 @@
 """Expected load statistics for T tokens routed top-k over experts placed on G GPUs.
 
 Everything here is for one layer and one placement, as functions of integer token counts T
-(the tables in :mod:`moesim.routing.stats` interpolate between them). Per token, slot s (an
+(the tables in :mod:`moesim.cost.routing.stats` interpolate between them). Per token, slot s (an
 expert, or one replica of it) receives the token with probability ``q_s`` (Σ_s q_s = k), so an
 expert's count over T independent tokens is exactly Binomial(T, π_e) and a GPU's load
 ``L_g = Σ_t c_{t,g}`` is a sum of T independent per-token counts with ``Σ_g L_g = N = T·k``.

@@ -5,7 +5,7 @@ T = tokens, E = experts, K = top-k, G = expert-parallel GPUs, A = T·K assignmen
 Uniform routing uses closed forms where they exist (P(expert unused) = (1 − K/E)^T exactly, since
 a token's K distinct picks include a given expert with probability K/E). Everything else is read
 from per-(E, K, distribution, G, BM, C) tables over integer T — every T up to 64, then eight
-points per octave — built once by :mod:`moesim.routing.loads` and interpolated linearly in
+points per octave — built once by :mod:`moesim.cost.routing.loads` and interpolated linearly in
 x(T) = T (T ≤ 64) or 64·(1 + ln(T/64)) (T > 64). A call over a million (T, G) pairs is then a
 few ``np.interp`` per distinct G.
 """
@@ -16,15 +16,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from moesim.errors import MoesimError
-from moesim.routing.distributions import UNIFORM, RoutingDistribution, parse_routing
-from moesim.routing.inclusion import ExponentialRace
-from moesim.routing.loads import (
+from moesim.cost.routing.distributions import UNIFORM, RoutingDistribution, parse_routing
+from moesim.cost.routing.inclusion import ExponentialRace
+from moesim.cost.routing.loads import (
     dropped_counts,
     expected_max_loads,
     padded_counts,
     per_token_gpu_variance,
 )
+from moesim.errors import MoesimError
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def layer_routing(p: np.ndarray, top_k: int, ep: int, placement=None) -> LayerRo
 
 
 def placement_slot_probs(placement, pi: np.ndarray) -> np.ndarray:
-    """Per-GPU slot probabilities ``[G, n]`` for a :class:`~moesim.routing.eplb.Placement`."""
+    """Per-GPU slot probabilities ``[G, n]`` for a :class:`~moesim.cost.routing.eplb.Placement`."""
     slot_expert = np.asarray(placement.slot_expert)
     gpu_of_slot = np.asarray(placement.gpu_of_slot)
     replicas = np.asarray(placement.replicas)
@@ -243,7 +243,7 @@ def _model(dist: RoutingDistribution, E: int, K: int, G: int, layer: int, R: int
         p = dist.probs(E)
         p = p[layer] if p.ndim == 2 else p
         if placement is None and R > 0:
-            from moesim.routing.eplb import eplb_place
+            from moesim.cost.routing.eplb import eplb_place
 
             pi = layer_routing(p, K, 1).pi
             placement = eplb_place(pi, G, R)
@@ -296,7 +296,7 @@ def routing_stats(
     block_m : grouped-GEMM tile rows; each expert's rows are padded to a multiple of it
     capacity_factor : C; per-expert capacity ceil(C·A/E) (Switch Transformer, arXiv:2101.03961)
     redundant_experts : R extra replica slots placed by EPLB (E + R must divide by G)
-    placement : an explicit :class:`~moesim.routing.eplb.Placement` (scalar E, K, G only)
+    placement : an explicit :class:`~moesim.cost.routing.eplb.Placement` (scalar E, K, G only)
     layer : for per-layer histograms, one layer; None averages the statistics over layers
     """
     dist = parse_routing(dist) if isinstance(dist, str) else dist

@@ -1,0 +1,215 @@
+"""Predicted time of single kernels — the same formulas the step model uses, exposed per kernel
+so that ``moesim kernel``, calibration and validation compare like with like.
+
+Each function returns a dict of numpy arrays: ``latency_s``, ``flops``, ``hbm_bytes``,
+``floor_s`` (datasheet roofline) and ``bound`` ('compute' | 'memory').
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.cost.roofline import RooflineParams, floor_s, op_time_s
+from moesim.spec.dtypes import dtype_bytes
+
+
+def _time(
+    hw,
+    kernel_class,
+    dtype,
+    flops,
+    hbm_bytes,
+    m=None,
+    n=None,
+    launches=1,
+    efficiency=None,
+    eager=False,
+):
+    eff = (efficiency or hw.efficiency).for_class(kernel_class)
+    peak = hw.peak(dtype)
+    bw = hw.hbm_bandwidth_bytes_per_s
+    params = RooflineParams.from_efficiency(eff, dtype)
+    t = op_time_s(
+        flops,
+        hbm_bytes,
+        peak_flops_per_s=peak,
+        hbm_bytes_per_s=bw,
+        params=params,
+        num_sms=hw.num_sms,
+        m=m,
+        n=n,
+        launches=launches,
+        eager=eager,
+    )
+    return {
+        "latency_s": t,
+        "flops": np.asarray(flops, dtype=float),
+        "hbm_bytes": np.asarray(hbm_bytes, dtype=float),
+        "floor_s": floor_s(flops, hbm_bytes, peak, bw),
+        "bound": np.where(
+            np.asarray(flops) / peak >= np.asarray(hbm_bytes) / bw, "compute", "memory"
+        ),
+    }
+
+
+def gemm_cost(hw, m, n, k, dtype="bf16", out_dtype=None, efficiency=None, eager=False) -> dict:
+    """[m, k] x [k, n] -> [m, n]: 2mnk FLOPs; A, B read once and C written once (ideal reuse)."""
+    m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+    ib = dtype_bytes(dtype)
+    ob = dtype_bytes(out_dtype or ("bf16" if dtype in ("fp8", "fp4") else dtype))
+    flops = 2.0 * m * n * k
+    hbm = (m * k + k * n) * ib + m * n * ob
+    return _time(hw, "gemm", dtype, flops, hbm, m=m, n=n, efficiency=efficiency, eager=eager)
+
+
+def copy_cost(hw, nbytes, efficiency=None, eager=False) -> dict:
+    """Device-to-device copy of ``nbytes``: reads and writes them (2x traffic)."""
+    nbytes = np.asarray(nbytes, dtype=float)
+    return _time(
+        hw, "memory", "bf16", 0.0 * nbytes, 2.0 * nbytes, efficiency=efficiency, eager=eager
+    )
+
+
+# Kernels one call of each measured MoE implementation launches (counted from moesim/kernels):
+# (fixed, per active expert). The Triton path's alignment is ~32 small torch ops (sort, scatter,
+# cumsums, searchsorted) plus its two kernels and the combine; grouped_mm sorts, gathers, runs
+# two grouped GEMMs, the activation and an index_add; the loop runs ~11 ops per active expert;
+# grouped_mm's non-Hopper fallback loops 2 GEMMs per expert. A serving engine's fused_moe
+# (vLLM: align, gate-up, act, down, sum) takes 5, the default.
+MOE_IMPL_KERNELS = {
+    "triton": (37, 0),
+    "triton_graph": (37, 0),
+    "grouped_mm": (24, 0),
+    "grouped_mm_fallback": (22, 2),
+    "loop": (4, 11),
+    "engine": (5, 0),
+}
+
+
+def moe_launches(impl: str, impl_path: str = "", n_active=0) -> np.ndarray:
+    """Kernel launches of one MoE call of implementation ``impl`` (see MOE_IMPL_KERNELS)."""
+    key = impl
+    if impl == "grouped_mm" and "fallback" in str(impl_path):
+        key = "grouped_mm_fallback"
+    fixed, per_expert = MOE_IMPL_KERNELS.get(key, MOE_IMPL_KERNELS["engine"])
+    return fixed + per_expert * np.asarray(n_active, dtype=float)
+
+
+def moe_cost(
+    hw,
+    tokens,
+    experts: int,
+    top_k: int,
+    hidden: int,
+    intermediate: int,
+    dtype: str = "bf16",
+    *,
+    ep=1,
+    routing=None,
+    block_m: int | None = 64,
+    capacity_factor: float | None = None,
+    gated: bool = True,
+    realised: dict | None = None,
+    launches=None,
+    efficiency=None,
+    eager=False,
+) -> dict:
+    """One MoE layer's expert compute on the busiest EP rank: gate/up GEMM, activation, down GEMM.
+
+    Weights read = active experts x expert bytes (DESIGN: only experts with n_e > 0 are read);
+    FLOPs = 2 x padded assignments x h x I x (3 gated | 2 plain), padded per expert to the
+    kernel's block M (vLLM moe_align_block_size). ``realised`` (measured rows) gives the actual
+    ``n_active_experts`` and ``sum_padded_tokens`` instead of their expectations.
+    """
+    from moesim.cost.routing import UNIFORM, routing_stats
+
+    n_mat = 3 if gated else 2
+    ab = dtype_bytes("bf16" if dtype in ("fp8", "fp4") else dtype)
+    wb = dtype_bytes(dtype)
+    tokens = np.asarray(tokens, dtype=float)
+    if realised is not None:
+        active = np.asarray(realised["n_active_experts"], dtype=float)
+        padded = np.asarray(realised["sum_padded_tokens"], dtype=float)
+        load = np.asarray(realised.get("assignments", tokens * top_k), dtype=float)
+        stats = None
+    else:
+        stats = routing_stats(
+            tokens,
+            top_k,
+            experts,
+            ep=ep,
+            dist=routing or UNIFORM,
+            block_m=block_m,
+            capacity_factor=capacity_factor,
+        )
+        active = stats.active_experts_max_gpu
+        padded = stats.padded_assignments_max_gpu
+        load = stats.max_gpu_load
+    flops = 2.0 * padded * hidden * intermediate * n_mat
+    weights = active * n_mat * hidden * intermediate * wb
+    act_io = load * (2.0 * hidden + (n_mat - 1) * intermediate * 2 + intermediate) * ab
+    if launches is None:
+        launches = MOE_IMPL_KERNELS["engine"][0]
+    out = _time(
+        hw,
+        "grouped_gemm",
+        dtype,
+        flops,
+        weights + act_io,
+        m=padded,
+        n=(n_mat - 1) * intermediate,
+        launches=launches,
+        efficiency=efficiency,
+        eager=eager,
+    )
+    out["weight_bytes"] = weights
+    if stats is not None:
+        out.update(
+            max_load_ratio=stats.max_load_ratio,
+            active_experts=stats.active_experts,
+            padding_waste=stats.padding_waste,
+            drop_rate=stats.drop_rate,
+        )
+    return out
+
+
+def attention_cost(
+    hw,
+    phase: str,
+    batch,
+    seq_len,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype="bf16",
+    kv_dtype="bf16",
+    causal=True,
+    efficiency=None,
+    eager=False,
+) -> dict:
+    """Attention core. Prefill: 4 x pairs x d FLOPs per head, Q/K/V read and O written once
+    (FlashAttention, Dao et al. 2022). Decode (``seq_len`` = context): one query per sequence,
+    the whole K/V cache read once."""
+    b = np.asarray(batch, dtype=float)
+    s = np.asarray(seq_len, dtype=float)
+    ab, kvb = dtype_bytes(dtype), dtype_bytes(kv_dtype)
+    if phase == "prefill":
+        pairs = b * (s * (s + 1.0) / 2.0 if causal else s * s)
+        flops = 4.0 * pairs * num_heads * head_dim
+        io = b * s * head_dim * (2.0 * num_heads + 2.0 * num_kv_heads) * ab
+        return _time(hw, "attention_prefill", dtype, flops, io, efficiency=efficiency, eager=eager)
+    pairs = b * s
+    flops = 4.0 * pairs * num_heads * head_dim
+    io = 2.0 * pairs * num_kv_heads * head_dim * kvb + 2.0 * b * num_heads * head_dim * ab
+    return _time(hw, "attention_decode", dtype, flops, io, efficiency=efficiency, eager=eager)
+
+
+def permute_cost(
+    hw, tokens, hidden: int, top_k: int, dtype="bf16", efficiency=None, eager=False
+) -> dict:
+    """Token permute (gather rows into expert order, k copies per token): reads T x h, writes
+    T x k x h — a pure memory operation."""
+    t = np.asarray(tokens, dtype=float)
+    b = dtype_bytes(dtype)
+    io = t * hidden * b * (1.0 + top_k)
+    return _time(hw, "memory", dtype, 0.0 * t, io, efficiency=efficiency, eager=eager)

@@ -1,0 +1,597 @@
+"""The operator inventory of one forward step, per GPU.
+
+For a model, a layout and one micro-batch (``seqs`` sequences per DP group, each adding
+``new_tokens`` tokens on top of ``context`` cached ones), :func:`step_ops` lists every operator a
+GPU of the busiest pipeline stage runs, with its FLOPs, HBM bytes and communication bytes *per
+GPU*, and how many times it runs per step (``count``: layers of that kind on the stage).
+
+Symbols: T = tokens, h = hidden size, H / H_kv = attention / KV heads, d = head dim, I = FFN
+width, E = routed experts, k = experts per token, tp / ep / dp / pp as in :mod:`moesim.spec.deployment`.
+A GEMM of [M, K] x [K, N] costs 2MNK FLOPs and reads K*N weights + M*K inputs, writes M*N
+outputs (Megatron-LM, Narayanan et al. SC'21, section 5.1). Everything broadcasts over arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moesim.cost.comm import remote_domain_fraction
+from moesim.spec.deployment import Layout
+from moesim.spec.dtypes import compute_dtype, dtype_bytes
+
+# DeepEP sends fp8 activations with one fp32 scale per 128 channels (DeepSeek-V3 report,
+# arXiv:2412.19437 section 3.3: fine-grained 1x128 activation quantisation).
+FP8_SCALE_BYTES_PER_CHANNEL = 4.0 / 128
+
+
+@dataclass
+class Op:
+    """One operator, per GPU. ``kernel_class`` picks its calibration; comm ops carry comm fields."""
+
+    name: str
+    kind: str  # attention | moe | ffn | lm_head | norm | comm | offload
+    kernel_class: str  # gemm | grouped_gemm | attention_prefill | attention_decode | memory | allreduce | alltoall | p2p | host
+    count: np.ndarray
+    flops: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
+    hbm_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
+    dtype: str = "bf16"
+    m: np.ndarray | None = None
+    n: np.ndarray | None = None
+    # communication
+    message_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
+    group_size: np.ndarray = field(default_factory=lambda: np.asarray(1.0))
+    intra_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
+    inter_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
+    crosses_domain: np.ndarray = field(default_factory=lambda: np.asarray(False))
+    per_stage: bool = True  # False: runs once per step (embedding, LM head), not on every stage
+    launches: float = (
+        1.0  # kernels the operator takes in a serving engine (each pays the launch cost)
+    )
+
+    @property
+    def is_comm(self) -> bool:
+        return self.kernel_class in ("allreduce", "alltoall", "p2p", "host")
+
+    @property
+    def comm_bytes(self) -> np.ndarray:
+        if self.kernel_class == "alltoall":
+            return np.asarray(self.intra_bytes) + np.asarray(self.inter_bytes)
+        return np.asarray(self.message_bytes, dtype=float)
+
+
+def gemm_op(name, kind, m, n, k, weight_bytes, act_bytes, dtype, count) -> Op:
+    """A GEMM [m, k] x [k, n]: 2mnk FLOPs; weights k*n, inputs m*k, outputs m*n in HBM."""
+    m = np.asarray(m, dtype=float)
+    n = np.asarray(n, dtype=float)
+    k = np.asarray(k, dtype=float)
+    flops = 2.0 * m * n * k
+    hbm = k * n * weight_bytes + (m * k + m * n) * act_bytes
+    return Op(name, kind, "gemm", np.asarray(count, dtype=float), flops, hbm, dtype, m, n)
+
+
+def memory_op(name, kind, hbm_bytes, count) -> Op:
+    return Op(
+        name,
+        kind,
+        "memory",
+        np.asarray(count, dtype=float),
+        np.asarray(0.0),
+        np.asarray(hbm_bytes, dtype=float),
+    )
+
+
+def causal_pairs(new_tokens, context, window=None) -> np.ndarray:
+    """Query-key pairs one sequence's attention scores: new token i (1..L) sees context + i keys,
+    capped at the sliding window w: sum_i min(P + i, w)."""
+    n = np.asarray(new_tokens, dtype=float)
+    p = np.asarray(context, dtype=float)
+    if window is None:
+        return n * p + n * (n + 1.0) / 2.0
+    w = float(window)
+    n1 = np.clip(w - p, 0.0, n)  # tokens whose whole history fits in the window
+    return n1 * p + n1 * (n1 + 1.0) / 2.0 + (n - n1) * w
+
+
+# Kernels each operator takes in a serving engine; every kernel pays the profile's launch cost
+# (with CUDA graphs, the minimum duration of a kernel). Counted from vLLM's model code:
+# LlamaDecoderLayer (fused add+RMSNorm x2; qkv GEMM; rotary, reshape_and_cache, flash-attn;
+# o_proj), FusedMoE / fused_moe.py (topk_softmax; moe_align_block_size, gate-up GEMM,
+# silu_and_mul, down GEMM, moe_sum), DeepseekV2MLAAttention (q_a GEMM fused with kv_a, two
+# LoRA RMSNorms; q_b; W_UK / W_UV bmm; rotary, concat_and_cache_mla, FlashMLA metadata, kernel,
+# split-KV combine), and the sampler (softmax, top-k/top-p, sample).
+KERNELS_PER_OP = {
+    "norms": 2,
+    "attn.q_a_kv_a": 3,
+    "attn.kv_a": 2,
+    ("attn.core", "prefill"): 3,
+    ("attn.core", "decode"): 3,
+    ("attn.core", "decode", "mla"): 4,
+    ("attn.core_sliding", "prefill"): 3,
+    ("attn.core_sliding", "decode"): 3,
+    "attn.absorb": 2,
+    "moe.router": 2,
+    "moe.experts": 5,
+    "sampler": 3,
+}
+
+
+def _kernel_count(name: str, phase: str, mla: bool) -> float:
+    if mla and (name, phase, "mla") in KERNELS_PER_OP:
+        return KERNELS_PER_OP[(name, phase, "mla")]
+    return KERNELS_PER_OP.get((name, phase), KERNELS_PER_OP.get(name, 1))
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """Per-GPU token counts of one micro-batch, derived once."""
+
+    seqs: np.ndarray  # sequences per DP group
+    new_tokens: np.ndarray  # new tokens per sequence
+    context: np.ndarray  # cached tokens per sequence before this step
+    tokens_dp: np.ndarray  # tokens per DP group (each TP rank of the group sees all of them)
+    tokens_stage: np.ndarray  # tokens entering the MoE section of a stage (all DP groups)
+
+
+def step_shape(layout: Layout, seqs, new_tokens, context) -> StepShape:
+    seqs = np.asarray(seqs, dtype=float)
+    new_tokens = np.asarray(new_tokens, dtype=float)
+    context = np.asarray(context, dtype=float)
+    tokens_dp = seqs * new_tokens
+    return StepShape(seqs, new_tokens, context, tokens_dp, tokens_dp * layout.arr("dp"))
+
+
+def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: str) -> list[Op]:
+    """Projections and attention core of one layer (full and sliding layers counted apart)."""
+    tp = layout.arr("tp")
+    pp = layout.arr("pp")
+    h = model.hidden_size
+    H = model.num_attention_heads / tp  # heads per GPU
+    wb = dtype_bytes(layout.weight_dtype)
+    ab = dtype_bytes(layout.act_dtype)
+    kvb = dtype_bytes(layout.kv_dtype)
+    T = s.tokens_dp
+    L = model.num_hidden_layers
+    ops: list[Op] = []
+    per_layer = 1.0 / pp * L  # all layers; split by window below
+
+    if model.is_mla:
+        # DeepSeek-V2/V3 MLA (arXiv:2405.04434 section 2.1). vLLM keeps the down-projections
+        # (q_a, kv_a) replicated and splits the up-projections and o_proj over TP.
+        d_qk, d_v = model.attn_head_dim, model.v_head_dim_eff
+        r_kv, r_rope = model.kv_lora_rank, model.qk_rope_head_dim
+        nope = model.qk_nope_head_dim
+        if model.q_lora_rank:
+            ops.append(
+                gemm_op(
+                    "attn.q_a_kv_a",
+                    "attention",
+                    T,
+                    model.q_lora_rank + r_kv + r_rope,
+                    h,
+                    wb,
+                    ab,
+                    cdt,
+                    per_layer,
+                )
+            )
+            ops.append(
+                gemm_op(
+                    "attn.q_b", "attention", T, H * d_qk, model.q_lora_rank, wb, ab, cdt, per_layer
+                )
+            )
+        else:
+            ops.append(
+                gemm_op("attn.kv_a", "attention", T, r_kv + r_rope, h, wb, ab, cdt, per_layer)
+            )
+            ops.append(gemm_op("attn.q", "attention", T, H * d_qk, h, wb, ab, cdt, per_layer))
+        if phase == "prefill":
+            # Prefill expands the latent into per-head K and V (no absorption): kv_b on all keys.
+            keys = s.seqs * (s.new_tokens + s.context)
+            ops.append(
+                gemm_op(
+                    "attn.kv_b", "attention", keys, H * (nope + d_v), r_kv, wb, ab, cdt, per_layer
+                )
+            )
+            pairs = s.seqs * causal_pairs(s.new_tokens, s.context)
+            flops = 2.0 * pairs * H * (d_qk + d_v)
+            io = (T * H * (d_qk + d_v) + keys * H * (d_qk + d_v)) * ab + s.seqs * s.new_tokens * (
+                r_kv + r_rope
+            ) * kvb
+            ops.append(
+                Op(
+                    "attn.core",
+                    "attention",
+                    "attention_prefill",
+                    np.asarray(per_layer),
+                    flops,
+                    io,
+                    "bf16",
+                )
+            )
+        else:
+            # Decode absorbs W_UK into the query and W_UV into the output (FlashMLA): attention is
+            # multi-query over the (r_kv + r_rope)-wide latent cache, which every TP rank holds whole.
+            absorb_flops = 2.0 * T * H * (nope * r_kv + r_kv * d_v)
+            absorb_bytes = r_kv * H * (nope + d_v) * wb + T * H * (nope + r_kv + d_v) * ab
+            ops.append(
+                Op(
+                    "attn.absorb",
+                    "attention",
+                    "gemm",
+                    np.asarray(per_layer),
+                    absorb_flops,
+                    absorb_bytes,
+                    cdt,
+                    T,
+                    H * r_kv,
+                )
+            )
+            pairs = s.seqs * (s.context + 1.0)  # every cached token plus the new one
+            flops = 2.0 * pairs * H * ((r_kv + r_rope) + r_kv)
+            io = pairs * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
+            ops.append(
+                Op(
+                    "attn.core",
+                    "attention",
+                    "attention_decode",
+                    np.asarray(per_layer),
+                    flops,
+                    io,
+                    "bf16",
+                )
+            )
+        ops.append(gemm_op("attn.o", "attention", T, h, H * d_v, wb, ab, cdt, per_layer))
+        return ops
+
+    d = model.attn_head_dim
+    Hkv = np.maximum(model.num_key_value_heads / tp, 1.0)  # KV heads replicate when tp > H_kv
+    ops.append(gemm_op("attn.qkv", "attention", T, (H + 2 * Hkv) * d, h, wb, ab, cdt, per_layer))
+    ops.append(gemm_op("attn.o", "attention", T, h, H * d, wb, ab, cdt, per_layer))
+    n_sliding = model.num_sliding_layers
+    kinds = [("full", None, L - n_sliding)]
+    if n_sliding:
+        kinds.append(("sliding", model.sliding_window, n_sliding))
+    for label, window, n_layers in kinds:
+        if n_layers == 0:
+            continue
+        count = np.asarray(n_layers / pp)
+        name = "attn.core" if label == "full" else "attn.core_sliding"
+        if phase == "prefill":
+            # FlashAttention: 4 * pairs * d FLOPs per head (QK^T and PV; Dao et al. 2022), reads
+            # Q, K, V once and writes O (IO-aware), and appends the new K, V to the cache.
+            pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
+            flops = 4.0 * pairs * H * d
+            keys = s.seqs * (s.new_tokens + np.minimum(s.context, window or np.inf))
+            io = 2.0 * T * H * d * ab + 2.0 * keys * Hkv * d * ab + 2.0 * T * Hkv * d * kvb
+            ops.append(Op(name, "attention", "attention_prefill", count, flops, io, "bf16"))
+        else:
+            # Decode reads the whole (windowed) K and V cache of every sequence once.
+            ctx = np.minimum(s.context + 1.0, window or np.inf)
+            pairs = s.seqs * ctx
+            flops = 4.0 * pairs * H * d
+            io = 2.0 * pairs * Hkv * d * kvb + 2.0 * T * H * d * ab
+            ops.append(Op(name, "attention", "attention_decode", count, flops, io, "bf16"))
+    return ops
+
+
+def _ffn_gemms(prefix, kind, T, width_per_gpu, model, layout, cdt, count) -> list[Op]:
+    """Dense (or shared-expert) FFN: up (and gate) GEMM, activation, down GEMM."""
+    h = model.hidden_size
+    wb = dtype_bytes(layout.weight_dtype)
+    ab = dtype_bytes(layout.act_dtype)
+    up_width = width_per_gpu * (model.ffn_matrices - 1)
+    return [
+        gemm_op(f"{prefix}.up", kind, T, up_width, h, wb, ab, cdt, count),
+        # SiLU(gate) * up reads both halves and writes one (SwiGLU, Shazeer 2020).
+        memory_op(f"{prefix}.act", kind, T * (up_width + width_per_gpu) * ab, count),
+        gemm_op(f"{prefix}.down", kind, T, h, width_per_gpu, wb, ab, cdt, count),
+    ]
+
+
+def _moe_ops(
+    model, hw, layout, s: StepShape, cdt, routing, count, phase="decode"
+) -> tuple[list[Op], object]:
+    """Router, routed experts (grouped GEMM on the busiest EP rank) and their dispatch/combine."""
+    from moesim.cost.routing import UNIFORM, routing_stats
+
+    h = model.hidden_size
+    E, k, inter = model.num_experts, model.top_k, model.expert_intermediate_size
+    ep = layout.arr("ep")
+    moe_tp = layout.moe_tp
+    wb = dtype_bytes(layout.weight_dtype)
+    ab = dtype_bytes(layout.act_dtype)
+    redundant = _scalar_int(layout.redundant_experts, "redundant_experts")
+    # Points whose EP size cannot hold the experts are infeasible (check_layout says why); they
+    # are evaluated at ep=1 so that one bad point does not stop a vectorised sweep.
+    ep_ok = ((E + redundant) % ep == 0) & (ep <= E + redundant)
+    stats = routing_stats(
+        s.tokens_stage,
+        k,
+        E,
+        ep=np.where(ep_ok, ep, 1.0),
+        dist=routing.dist or UNIFORM,
+        block_m=routing.block_m,
+        capacity_factor=routing.capacity_factor,
+        redundant_experts=redundant,
+    )
+    load = stats.max_gpu_load
+    padded = stats.padded_assignments_max_gpu
+    if routing.capacity_factor is not None and routing.drop_tokens:
+        # Dropped tokens skip the experts (Switch Transformer, arXiv:2101.03961 section 2.2).
+        keep = 1.0 - stats.drop_rate
+        load, padded = load * keep, padded * keep
+    I_gpu = inter / moe_tp
+    n_mat = model.ffn_matrices
+    expert_bytes = n_mat * h * I_gpu * wb  # one expert's slice on this GPU
+    active = stats.active_experts_max_gpu
+    offload = np.asarray(layout.offload_fraction, dtype=float)
+    flops = 2.0 * padded * h * I_gpu * n_mat
+    # Fused MoE kernel traffic: active experts' weights once, token rows in, the gate/up output
+    # written and re-read for the down GEMM, and the output rows (vLLM fused_moe layout).
+    act_io = load * (2.0 * h + (n_mat - 1) * I_gpu + I_gpu + (n_mat - 1) * I_gpu) * ab
+    ops = [
+        gemm_op("moe.router", "moe", s.tokens_dp, E, h, ab, ab, "bf16", count),
+        Op(
+            "moe.experts",
+            "moe",
+            "grouped_gemm",
+            np.asarray(count, dtype=float),
+            flops,
+            active * expert_bytes + act_io,
+            cdt,
+            padded,
+            2 * I_gpu,
+        ),
+    ]
+    if np.any(offload > 0):
+        # Experts kept in host memory cross the host link when a step activates them. With a
+        # static cache of the hottest experts, misses are the active experts outside it.
+        misses = (
+            stats.active_experts_max_gpu * offload
+            if routing.offload_misses is None
+            else routing.offload_misses(stats, offload)
+        )
+        ops.append(
+            Op(
+                "moe.offload_fetch",
+                "offload",
+                "host",
+                np.asarray(count, dtype=float),
+                message_bytes=misses * expert_bytes,
+            )
+        )
+    tp, dp = layout.arr("tp"), layout.arr("dp")
+    if np.any(ep > 1):
+        src_tokens = s.tokens_stage / (tp * dp)
+        per_token_dispatch = h * dtype_bytes(layout.dispatch_dtype)
+        if layout.dispatch_dtype == "fp8":
+            per_token_dispatch = per_token_dispatch + h * FP8_SCALE_BYTES_PER_CHANNEL
+        dom = layout.gpus_per_node or hw.scaleup_domain_size
+        remote = np.where(ep_ok & (ep > 1), stats.remote_gpus_per_token, 0.0)
+        intra_per_token, inter_per_token = _dispatch_destinations(
+            s.tokens_stage, k, E, np.where(ep_ok, ep, 1.0), remote, dom, routing, redundant, phase
+        )
+        for name, per_token in (("moe.dispatch", per_token_dispatch), ("moe.combine", h * ab)):
+            ops.append(
+                Op(
+                    name,
+                    "comm",
+                    "alltoall",
+                    np.asarray(count, dtype=float),
+                    intra_bytes=src_tokens * intra_per_token * per_token,
+                    inter_bytes=src_tokens * inter_per_token * per_token,
+                    group_size=ep,
+                )
+            )
+    return ops, stats
+
+
+def _scalar_int(value, name: str) -> int:
+    arr = np.unique(np.asarray(value))
+    if arr.size != 1:
+        raise ValueError(f"{name} must be one value per evaluation (group sweeps by it)")
+    return int(arr[0])
+
+
+def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, redundant, phase):
+    """Copies of a token one GPU sends over the scale-up and the scale-out network per step.
+
+    Decode runs DeepEP's low-latency kernels, which send each token straight to every remote GPU
+    holding one of its experts (RDMA for GPUs in other domains). Prefill runs its normal kernels,
+    which cross the network once per distinct remote *node* and forward over NVLink inside it
+    (DeepEP README; DeepSeek-V3 report arXiv:2412.19437 section 3.4: node-limited routing and
+    NVLink forwarding). Within one domain everything is NVLink.
+    """
+    from moesim.cost.routing import UNIFORM, routing_stats
+
+    ep = np.asarray(ep, dtype=float)
+    nodes = np.ceil(ep / domain)
+    frac_out = remote_domain_fraction(ep, domain)
+    direct_intra, direct_inter = remote_gpus * (1.0 - frac_out), remote_gpus * frac_out
+    if phase != "prefill" or not np.any(nodes > 1):
+        return direct_intra, direct_inter
+    ok = (E + redundant) % nodes == 0
+    remote_nodes = routing_stats(
+        tokens, k, E, ep=np.where(ok, nodes, 1.0), dist=routing.dist or UNIFORM,
+        redundant_experts=redundant,
+    ).remote_gpus_per_token  # distinct other nodes a token's experts live on  # fmt: skip
+    hier_inter = remote_nodes
+    hier_intra = np.maximum(remote_gpus - remote_nodes, 0.0)
+    multi = (nodes > 1) & ok
+    return np.where(multi, hier_intra, direct_intra), np.where(multi, hier_inter, direct_inter)
+
+
+@dataclass(frozen=True)
+class RoutingOptions:
+    """How tokens pick experts, and what the expert kernel pads to."""
+
+    dist: object = None  # a moesim.cost.routing distribution; None = uniform
+    block_m: int | None = (
+        64  # grouped-GEMM block M (vLLM fused_moe default for decode-size batches)
+    )
+    capacity_factor: float | None = None
+    drop_tokens: bool = True
+    offload_misses: object = None  # optional callable(stats, offload_fraction) -> expected misses
+
+
+def routing_options(routing="uniform", capacity_factor=None, block_m=64, drop_tokens=True):
+    """RoutingOptions from a routing spec (``uniform | zipf:S | dirichlet:A | hist:PATH``) or a distribution."""
+    from moesim.cost.routing import parse_routing
+
+    dist = parse_routing(routing) if isinstance(routing, str) else routing
+    return RoutingOptions(
+        dist=dist, block_m=block_m, capacity_factor=capacity_factor, drop_tokens=drop_tokens
+    )
+
+
+def routing_or_default(routing):
+    """RoutingOptions with a distribution set (uniform when none was given)."""
+    from dataclasses import replace
+
+    from moesim.cost.routing import UNIFORM
+
+    routing = routing or RoutingOptions()
+    return routing if routing.dist is not None else replace(routing, dist=UNIFORM)
+
+
+def step_ops(
+    model,
+    hw,
+    layout: Layout,
+    phase: str,
+    seqs,
+    new_tokens,
+    context,
+    routing: RoutingOptions | None = None,
+):
+    """All operators one GPU of the busiest stage runs in one step. Returns (ops, routing stats)."""
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase must be 'prefill' or 'decode', not {phase!r}")
+    routing = routing or RoutingOptions()
+    s = step_shape(layout, seqs, new_tokens, context)
+    tp, pp = layout.arr("tp"), layout.arr("pp")
+    cdt = compute_dtype(layout.weight_dtype, hw.peak_flops_per_s)
+    ab = dtype_bytes(layout.act_dtype)
+    wb = dtype_bytes(layout.weight_dtype)
+    h = model.hidden_size
+    T = s.tokens_dp
+    L = model.num_hidden_layers
+    ops = _attention_ops(model, hw, layout, s, phase, layout.weight_dtype, cdt)
+    # Two RMSNorms per layer, each reading and writing the hidden state (residual add fused in,
+    # as vLLM's fused_add_rms_norm does).
+    ops.append(memory_op("norms", "norm", 4.0 * T * h * ab, L / pp))
+    # TP all-reduce after attention (Megatron: one per attention block).
+    ops.append(
+        Op(
+            "attn.allreduce",
+            "comm",
+            "allreduce",
+            np.asarray(L / pp),
+            message_bytes=T * h * ab * (tp > 1),
+            group_size=tp,
+        )
+    )
+
+    n_moe = model.num_moe_layers if model.is_moe else 0
+    n_dense = L - n_moe
+    stats = None
+    if n_dense:
+        # MoE models' dense layers (DeepSeek first_k_dense_replace) use intermediate_size; a dense
+        # model's FFN width is expert_intermediate_size (= intermediate_size, or the single expert's).
+        width = model.intermediate_size if model.is_moe else model.expert_intermediate_size
+        ops += _ffn_gemms("ffn", "ffn", T, width / tp, model, layout, cdt, n_dense / pp)
+        ops.append(
+            Op(
+                "ffn.allreduce",
+                "comm",
+                "allreduce",
+                np.asarray(n_dense / pp),
+                message_bytes=T * h * ab * (tp > 1),
+                group_size=tp,
+            )
+        )
+    if n_moe:
+        count = n_moe / pp
+        moe, stats = _moe_ops(model, hw, layout, s, cdt, routing, count, phase)
+        ops += moe
+        if model.shared_intermediate_size:
+            ops += _ffn_gemms(
+                "moe.shared",
+                "moe",
+                T,
+                model.shared_intermediate_size / tp,
+                model,
+                layout,
+                cdt,
+                count,
+            )
+        ep = layout.arr("ep")
+        # Expert outputs are reduced over the GPUs that split each expert: the whole stage's tokens
+        # over moe_tp when experts are only tensor-parallel (all-gather + reduce-scatter with DP
+        # attention, an all-reduce without), else the post-FFN TP all-reduce of each DP group.
+        msg = np.where(ep > 1, T * h * ab * (tp > 1), s.tokens_stage * h * ab * (layout.moe_tp > 1))
+        group = np.where(ep > 1, tp, layout.moe_tp)
+        ops.append(
+            Op(
+                "moe.allreduce",
+                "comm",
+                "allreduce",
+                np.asarray(count),
+                message_bytes=msg,
+                group_size=group,
+            )
+        )
+    if model.dense_residual_intermediate_size:
+        # Arctic: a dense MLP beside the MoE on every layer (Snowflake Arctic, HF ArcticMLP residual).
+        ops += _ffn_gemms(
+            "residual_ffn",
+            "ffn",
+            T,
+            model.dense_residual_intermediate_size / tp,
+            model,
+            layout,
+            cdt,
+            L / pp,
+        )
+
+    # Embedding lookup on the first stage, LM head on the last; vocabulary split over TP. Logits
+    # are computed for the last position of each sequence only (vLLM / SGLang prefill).
+    # These run once per step, not once per stage (per_stage=False).
+    once = [
+        memory_op("embedding", "lm_head", 2.0 * T * h * ab, 1.0),
+        # Sampling reads the fp32 logits of each sequence twice (softmax, top-k/top-p) and
+        # writes the probabilities once.
+        memory_op("sampler", "lm_head", 3.0 * s.seqs * model.vocab_size * 4.0, 1.0),
+        gemm_op("lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt, 1.0),
+        # Logit shards are gathered to one rank (an all-gather: half an all-reduce's traffic).
+        Op(
+            "lm_head.gather",
+            "comm",
+            "allreduce",
+            np.asarray(1.0),
+            message_bytes=s.seqs * model.vocab_size * ab / 2.0 * (tp > 1),
+            group_size=tp,
+        ),
+    ]
+    for op in once:
+        op.per_stage = False
+    ops += once
+    if np.any(pp > 1):
+        # Activations cross each stage boundary once per micro-batch (GPipe / Megatron PP).
+        dom = layout.gpus_per_node or hw.scaleup_domain_size
+        crosses = layout.gpus_per_stage >= dom
+        send = Op(
+            "pp.send",
+            "comm",
+            "p2p",
+            np.asarray(1.0),
+            message_bytes=T * h * ab * (pp > 1),
+            crosses_domain=crosses,
+        )
+        send.per_stage = False  # (pp - 1) sends per micro-batch: counted by the pipeline
+        ops.append(send)
+    for op in ops:
+        op.launches = _kernel_count(op.name, phase, model.is_mla)
+    return ops, stats

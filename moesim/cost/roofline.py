@@ -1,0 +1,156 @@
+"""Time of one operator on one GPU: a roofline with calibrated efficiencies.
+
+    t = smoothmax_p(t_compute, t_memory) + launches * t_launch
+    t_compute = FLOPs / (peak[dtype] * eta_c * q(m, n))       (Williams et al., "Roofline",
+    t_memory  = bytes / (bandwidth * eta_m)                    CACM 2009)
+
+``eta_c``, ``eta_m``, ``t_launch``, the tile sizes behind the quantisation ``q`` and the ridge
+sharpness ``p`` are the few physical parameters a hardware profile's calibration block holds
+(datasheet defaults until ``moesim calibrate`` measures them). smoothmax_p(a, b) = (a^p + b^p)^(1/p)
+models the ridge region, where neither unit is saturated and the two overlap imperfectly; it
+is >= max(a, b), so together with eta <= 1 and q <= 1 no prediction beats the datasheet floor
+max(FLOPs / peak, bytes / bandwidth), which :func:`floor_s` returns.
+
+Everything broadcasts over numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RooflineParams:
+    """The calibrated parameters of one kernel class, as plain numbers (see hardware.KernelEfficiency)."""
+
+    compute_efficiency: float
+    memory_efficiency: float
+    launch_overhead_s: float
+    tile_m: int = 1
+    tile_n: int = 1
+    ridge_sharpness: float = 8.0
+    host_launch_s: float = 0.0
+
+    @classmethod
+    def from_efficiency(cls, eff, dtype: str) -> RooflineParams:
+        """Parameters of a ``KernelEfficiency`` block for compute format ``dtype``."""
+        return cls(
+            compute_efficiency=eff.compute_eff(dtype),
+            memory_efficiency=eff.memory_efficiency,
+            launch_overhead_s=eff.launch_overhead_s,
+            tile_m=eff.tile_m,
+            tile_n=eff.tile_n,
+            ridge_sharpness=eff.ridge_sharpness,
+            host_launch_s=getattr(eff, "host_launch_s", 0.0),
+        )
+
+
+def smoothmax(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
+    """(a^p + b^p)^(1/p), computed stably; equals max(a, b) as p -> inf and is never below it."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    hi = np.maximum(a, b)
+    if not np.isfinite(p) or p >= 64:
+        return hi
+    lo = np.minimum(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = lo / hi
+    ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
+    if float(p).is_integer() and 1 <= p <= 16:
+        term = _int_power(ratio, int(p))  # repeated squaring: far cheaper than a float power
+    else:
+        term = ratio**p
+    return hi * (1.0 + term) ** (1.0 / p)
+
+
+def _int_power(x: np.ndarray, n: int) -> np.ndarray:
+    result = None
+    base = x
+    while n:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if n:
+            base = base * base
+    return result
+
+
+def quantisation_efficiency(m, n, tile_m: int, tile_n: int, num_sms: int) -> np.ndarray:
+    """Useful fraction of the tensor-core work a tiled GEMM issues.
+
+    Output tiles are tile_m x tile_n; partial tiles pad (tile quantisation) and the last wave
+    of tiles leaves SMs idle (wave quantisation) — NVIDIA, "Matrix Multiplication Background
+    User's Guide", sections on tile and wave quantisation. Returns 1 where m or n is None or
+    the tiles are 1 x 1 (quantisation off).
+    """
+    if m is None or n is None or (tile_m <= 1 and tile_n <= 1):
+        return np.asarray(1.0)
+    m = np.maximum(np.asarray(m, dtype=float), 1.0)
+    n = np.maximum(np.asarray(n, dtype=float), 1.0)
+    tiles_m = np.ceil(m / tile_m)
+    tiles_n = np.ceil(n / tile_n)
+    tiles = tiles_m * tiles_n
+    waves = np.ceil(tiles / num_sms)
+    useful = m * n
+    issued = waves * num_sms * tile_m * tile_n
+    # A GEMM with fewer tiles than SMs is not charged for idle SMs: libraries split K across them
+    # (split-K / stream-K), so quantisation there is only the tile padding.
+    issued_single = tiles * tile_m * tile_n
+    issued = np.where(tiles < num_sms, issued_single, issued)
+    return np.clip(useful / issued, 1e-6, 1.0)
+
+
+def op_time_s(
+    flops,
+    hbm_bytes,
+    *,
+    peak_flops_per_s,
+    hbm_bytes_per_s: float,
+    params: RooflineParams,
+    num_sms: int = 1,
+    m=None,
+    n=None,
+    launches=1,
+    eager=False,
+) -> np.ndarray:
+    """Predicted time of an operator (seconds), broadcast over all array inputs.
+
+    ``eager`` marks calls issued without CUDA graphs and timed back to back: the host then
+    enqueues ahead of the device and a call takes max(device time, launches x host launch cost).
+    """
+    flops = np.asarray(flops, dtype=float)
+    hbm_bytes = np.asarray(hbm_bytes, dtype=float)
+    q = quantisation_efficiency(m, n, params.tile_m, params.tile_n, num_sms)
+    eta_c = min(params.compute_efficiency, 1.0)
+    eta_m = min(params.memory_efficiency, 1.0)
+    t_compute = flops / (np.asarray(peak_flops_per_s, dtype=float) * eta_c * q)
+    t_memory = hbm_bytes / (hbm_bytes_per_s * eta_m)
+    # A launched kernel costs its launch even when it has no work (an EP rank with no tokens).
+    launch = np.asarray(launches, dtype=float) * params.launch_overhead_s
+    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch
+    if params.host_launch_s > 0 and np.any(eager):
+        host = np.asarray(launches, dtype=float) * params.host_launch_s
+        t = np.where(eager, np.maximum(t, host), t)
+    return t
+
+
+def floor_s(flops, hbm_bytes, peak_flops_per_s, hbm_bytes_per_s: float) -> np.ndarray:
+    """Datasheet roofline floor: no real kernel runs faster than this."""
+    return np.maximum(
+        np.asarray(flops, dtype=float) / np.asarray(peak_flops_per_s, dtype=float),
+        np.asarray(hbm_bytes, dtype=float) / hbm_bytes_per_s,
+    )
+
+
+def bound(flops, hbm_bytes, peak_flops_per_s, hbm_bytes_per_s: float) -> np.ndarray:
+    """'compute' or 'memory': which roof is higher for this operator."""
+    t_c = np.asarray(flops, dtype=float) / np.asarray(peak_flops_per_s, dtype=float)
+    t_m = np.asarray(hbm_bytes, dtype=float) / hbm_bytes_per_s
+    return np.where(t_c >= t_m, "compute", "memory")
+
+
+def ridge_intensity(peak_flops_per_s: float, hbm_bytes_per_s: float) -> float:
+    """FLOP per byte at which an operator turns compute-bound."""
+    return peak_flops_per_s / hbm_bytes_per_s

@@ -1,0 +1,1 @@
+"""Questions over many configurations: the SLO planner, scenario YAML and vectorised sweeps."""

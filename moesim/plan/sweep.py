@@ -1,0 +1,578 @@
+"""Evaluate a scenario: every point, vectorised, into one tidy DataFrame.
+
+The points of a :class:`~moesim.plan.scenario.Plan` are cut into fixed-size chunks (row ranges, so
+the cut never depends on how many workers run them). Within a chunk the rows are grouped by
+the inputs the cost path takes as scalars — model, hardware, dtypes, overlap, phase, routing,
+capacity factor, block M, redundant experts — and by which optional operators a point has
+(EP all-to-all, pipeline sends, host offload), and each group is ONE call of
+:func:`moesim.engine.static.predict` on arrays. Chunks run in this process, in a local process pool
+(``workers``) or on a Dask cluster (``scheduler``); the frame is the same either way.
+
+    plan --chunks--> evaluate_chunk (per group: serving.predict on arrays) --concat--> DataFrame
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moesim.errors import MoesimError
+from moesim.plan.scenario import CATEGORICAL, LoadedScenario, Plan, build_plan, load_scenario
+
+CHUNK_ROWS = 1 << 17  # rows per chunk: large enough to amortise per-call overhead
+
+# Metric columns in output order; every one carries its unit in its name or is a count/share.
+METRICS = (
+    "ttft_s",
+    "tpot_s",
+    "e2e_latency_s",
+    "output_tokens_per_s_per_gpu",
+    "output_tokens_per_s_per_user",
+    "prefill_tokens_per_s_per_gpu",
+    "decode_tokens_per_s_per_gpu",
+    "num_gpus",
+    "weights_bytes_per_gpu",
+    "kv_cache_bytes_per_gpu",
+    "activation_bytes_per_gpu",
+    "memory_bytes_per_gpu",
+    "memory_capacity_bytes_per_gpu",
+    "max_concurrency",
+    "usd_per_million_output_tokens",
+    "usd_per_million_input_tokens",
+    "power_w",
+    "ttft_floor_s",
+    "tpot_floor_s",
+    "prefill_comm_share",
+    "decode_comm_share",
+    "max_load_ratio",
+    "active_experts",
+    "padding_waste",
+    "drop_rate",
+)
+INT_INPUTS = (
+    "tp",
+    "ep",
+    "pp",
+    "dp",
+    "replicas",
+    "redundant_experts",
+    "batch",
+    "input_len",
+    "output_len",
+)
+# Numeric inputs the cost path needs as one value per call (routing_stats takes a scalar).
+SCALAR_NUMERIC = ("redundant_experts",)
+UNITS = {
+    "_s": "s",
+    "_bytes_per_gpu": "B",
+    "_per_s_per_gpu": "tokens/s",
+    "_per_s_per_user": "tokens/s",
+    "_tokens": "USD per 1e6 tokens",
+    "_w": "W",
+    "_share": "fraction",
+    "_rate": "fraction",
+    "_waste": "fraction",
+}
+
+
+# ---------------------------------------------------------------------------- one chunk
+def evaluate_chunk(plan: Plan, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Inputs (categorical ones as codes) and metrics of points ``start .. stop-1``."""
+    cols = plan.rows(start, stop)
+    n = stop - start
+    # One 2-D block for every metric: rows are views, and the frame adopts it without a copy.
+    block_2d = np.full((len(METRICS), n), np.nan)
+    out: dict = {name: block_2d[i] for i, name in enumerate(METRICS)}
+    out["_metrics"] = block_2d
+    out["feasible"] = np.zeros(n, dtype=bool)
+    out["reason"] = np.full(n, "", dtype=object)
+    block = _aligned_block(plan, start, stop)
+    if block is not None:
+        _evaluate_broadcast(plan, block, start, stop, out)
+    else:
+        for key_rows in _groups(cols):
+            _evaluate_group(plan, cols, key_rows, out)
+    return cols | out
+
+
+def _aligned_block(plan: Plan, start: int, stop: int):
+    """The block holding rows ``start..stop-1`` if they are whole slices of its leading axis."""
+    for b in plan.blocks:
+        if b.offset <= start and stop <= b.offset + b.size:
+            if not b.shape:
+                return b if (start, stop) == (b.offset, b.offset + b.size) else None
+            stride = b.size // b.shape[0]
+            lo, hi = start - b.offset, stop - b.offset
+            return b if lo % stride == 0 and hi % stride == 0 else None
+    return None
+
+
+def block_chunks(plan: Plan, total: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of about ``chunk_rows`` that never cross a block and cut blocks only between
+    slices of their leading axis, so each chunk is a dense sub-grid (deterministic: depends on
+    the plan alone). Rows past ``total`` (a --limit) end the last chunk early."""
+    chunks = []
+    for b in plan.blocks:
+        if b.offset >= total:
+            break
+        stride = b.size // b.shape[0] if b.shape else b.size
+        step = max(1, chunk_rows // max(stride, 1)) * stride
+        end = min(b.offset + b.size, total)
+        chunks += [(s, min(s + step, end)) for s in range(b.offset, end, step)]
+    return chunks
+
+
+def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None:
+    """Evaluate a dense sub-grid with its numeric axes as orthogonal numpy dimensions.
+
+    Each operator's cost then depends only on the axes it involves (a GEMM on tp and batch is
+    computed over tp x batch, not over every output length); numpy broadcasting assembles the
+    full grid at the end. Dimensions holding categorical or scalar-only inputs (model, dtype,
+    routing, redundant experts, ...) are looped over: the cost path takes those as scalars.
+    """
+    cat = plan.categories
+    stride = b.size // b.shape[0] if b.shape else 1
+    a0, a1 = (start - b.offset) // stride, (stop - b.offset) // stride
+    shape = ((a1 - a0),) + tuple(b.shape[1:]) if b.shape else ()
+    nd = len(shape)
+    where: dict[str, tuple[int | None, np.ndarray]] = {}
+    for d, names in enumerate(b.dims):
+        for name in names:
+            values = b.axes[name]
+            where[name] = (d, values[a0:a1] if d == 0 else values)
+    for name, values in b.axes.items():
+        where.setdefault(name, (None, values[:1]))
+    scalar_only = set(CATEGORICAL) | set(SCALAR_NUMERIC)
+    outer = sorted({d for name, (d, _) in where.items() if d is not None and name in scalar_only})
+    full = {name: out[name].reshape(shape) for name in METRICS}  # views into the chunk's block
+    feasible = out["feasible"].reshape(shape)
+    reason = out["reason"].reshape(shape)
+    for combo in itertools.product(*(range(shape[d]) for d in outer)):
+        pick = dict(zip(outer, combo, strict=True))
+
+        def value(name, pick=pick):
+            d, values = where[name]
+            if d is None:
+                return values[0]
+            if d in pick:
+                return values[pick[d]]
+            dims = [1] * nd
+            dims[d] = len(values)
+            return values.reshape(dims)
+
+        def code(name, value=value):
+            return cat[name][int(value(name))]
+
+        if b.ep_spans_stage:
+            base_value = value
+
+            def value(name, base_value=base_value):
+                return base_value("tp") * base_value("dp") if name == "ep" else base_value(name)
+
+        res = _predict(plan, b.layout_index, value, code)
+        index = tuple(slice(pick[d], pick[d] + 1) if d in pick else slice(None) for d in range(nd))
+        target = tuple(1 if d in pick else shape[d] for d in range(nd))
+        for name in METRICS:
+            if name in res:
+                full[name][index] = np.broadcast_to(np.asarray(res[name], dtype=float), target)
+            else:
+                full[name][index] = np.nan
+        feasible[index] = np.broadcast_to(res["feasible"], target)
+        reason[index] = np.broadcast_to(res["reason"], target)
+
+
+def _groups(cols: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Row indices of each group of rows that share every scalar-only input."""
+    keys = [cols[name].astype(np.int64) for name in CATEGORICAL] + [cols["layout_index"]]
+    keys += [cols[name].astype(np.int64) for name in SCALAR_NUMERIC]
+    # Which optional operators a row has; one call mixing rows with and without them would
+    # give the rows without them the others' zero-byte operators (and their launch latency).
+    keys += [
+        (cols["ep"] > 1).astype(np.int64),
+        (cols["pp"] > 1).astype(np.int64),
+        (cols["offload_fraction"] > 0).astype(np.int64),
+    ]
+    key = np.zeros(len(keys[0]), dtype=np.int64)
+    for k in keys:
+        key = key * (int(k.max()) + 1) + k
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    return np.split(order, bounds)
+
+
+def _predict(plan: Plan, layout_index: int, value, code) -> dict:
+    """One ``serving.predict`` (or ``predict_phase``) call. ``value(name)`` gives an input as a
+    scalar or an array (flat rows, or an axis of a broadcast grid); ``code(name)`` gives the value
+    of a categorical input. Both evaluation paths build their call here."""
+    from moesim.cost.ops import RoutingOptions
+    from moesim.engine import static as serving
+    from moesim.spec.deployment import Layout
+
+    loaded = plan.loaded
+    lay = loaded.scenario.layouts[layout_index]
+    layout = Layout(
+        tp=value("tp"),
+        ep=value("ep"),
+        pp=value("pp"),
+        dp=value("dp"),
+        replicas=value("replicas"),
+        weight_dtype=code("weight_dtype"),
+        kv_dtype=code("kv_dtype"),
+        act_dtype=code("act_dtype"),
+        dispatch_dtype=code("dispatch_dtype"),
+        overlap=code("overlap"),
+        redundant_experts=int(np.max(value("redundant_experts"))),
+        offload_fraction=value("offload_fraction"),
+        memory_utilization=lay.memory_utilization,
+        gpus_per_node=lay.gpus_per_node,
+    )
+    routing = RoutingOptions(
+        dist=loaded.routing[code("routing")],
+        block_m=int(code("block_m")),
+        capacity_factor=code("capacity_factor"),
+    )
+    model = loaded.models[int(np.max(value("model")))]
+    hw = loaded.hardware[int(np.max(value("hardware")))]
+    phase = code("phase")
+    kw = dict(batch=value("batch"), input_len=value("input_len"), routing=routing)
+    if phase == "both":
+        return serving.predict(model, hw, layout, output_len=value("output_len"), **kw)
+    ctx = value("context_len")
+    ctx = np.where(np.isnan(ctx), value("input_len") + value("output_len") / 2.0, ctx)
+    return serving.predict_phase(model, hw, layout, phase=phase, context_len=ctx, **kw)
+
+
+def _evaluate_group(plan: Plan, cols, rows: np.ndarray, out: dict) -> None:
+    first = rows[0]
+
+    def code(name):
+        return plan.categories[name][int(cols[name][first])]
+
+    def value(name):
+        return cols[name][rows]
+
+    res = _predict(plan, int(cols["layout_index"][first]), value, code)
+    m = len(rows)
+    for name in METRICS:
+        if name in res:
+            out[name][rows] = np.broadcast_to(np.asarray(res[name], dtype=float), (m,))
+    out["feasible"][rows] = np.broadcast_to(res["feasible"], (m,))
+    out["reason"][rows] = np.broadcast_to(res["reason"], (m,))
+
+
+# ---------------------------------------------------------------------------- runners
+def run_plan(
+    plan: Plan,
+    *,
+    limit: int | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Evaluate the first ``limit`` points (all by default) of ``plan`` as a tidy frame."""
+    total = plan.size if limit is None else min(plan.size, int(limit))
+    chunks = block_chunks(plan, total, chunk_rows)
+    if scheduler:
+        parts = _run_dask(plan, chunks, scheduler, workers, progress)
+    elif workers > 1 and len(chunks) > 1:
+        parts = _run_pool(plan, chunks, workers, progress)
+    else:
+        parts = []
+        for s, e in chunks:
+            parts.append(evaluate_chunk(plan, s, e))
+            if progress:
+                progress(e - s)
+    return to_frame(plan, parts)
+
+
+_WORKER_PLAN: Plan | None = None
+
+
+def _init_worker(plan: Plan) -> None:
+    global _WORKER_PLAN
+    _WORKER_PLAN = plan
+
+
+def _pool_chunk(bounds: tuple[int, int]) -> dict:
+    return evaluate_chunk(_WORKER_PLAN, *bounds)
+
+
+def _run_pool(plan, chunks, workers, progress) -> list[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (rich, dask)
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(plan,)
+    ) as pool:
+        parts = []
+        for (s, e), part in zip(chunks, pool.map(_pool_chunk, chunks), strict=True):
+            parts.append(part)
+            if progress:
+                progress(e - s)
+    return parts
+
+
+def _run_dask(plan, chunks, scheduler, workers, progress) -> list[dict]:
+    import logging
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise MoesimError(
+            "--scheduler needs dask[distributed]: pip install 'moesim[dask]'"
+        ) from None
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=max(workers, 1),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise MoesimError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    try:
+        [plan_future] = client.scatter([plan], broadcast=True)
+        futures = [client.submit(evaluate_chunk, plan_future, s, e, pure=False) for s, e in chunks]
+        parts = []
+        for (s, e), fut in zip(chunks, futures, strict=True):
+            parts.append(fut.result())  # in chunk order: the frame does not depend on timing
+            if progress:
+                progress(e - s)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return parts
+
+
+# ---------------------------------------------------------------------------- the frame
+def to_frame(plan: Plan, parts: list[dict]) -> pd.DataFrame:
+    """Tidy frame: inputs, metrics, feasible, reason, meets_slo (one row per point)."""
+    sc = plan.loaded.scenario
+    if not parts:
+        return pd.DataFrame(
+            columns=["model", "hardware", *METRICS, "feasible", "reason", "meets_slo"]
+        )
+    block_2d = np.concatenate([p["_metrics"] for p in parts], axis=1)
+    cols = {
+        k: np.concatenate([p[k] for p in parts])
+        for k in parts[0]
+        if k not in METRICS and k != "_metrics"
+    }
+    cols |= {name: block_2d[i] for i, name in enumerate(METRICS)}
+    data: dict[str, object] = {}
+    for name in ("model", "hardware"):
+        data[name] = pd.Categorical.from_codes(cols[name], categories=plan.categories[name])
+    data["layout"] = layout_names(cols)
+    data["layout_family"] = _labels([lay.label for lay in sc.layouts], cols["layout_index"])
+    data["workload"] = _labels([w.label for w in sc.workloads], cols["workload_index"])
+    for name in ("tp", "ep", "pp", "dp", "replicas", "redundant_experts"):
+        data[name] = cols[name].astype(np.int64)
+    data["offload_fraction"] = cols["offload_fraction"]
+    for name in ("weight_dtype", "kv_dtype", "act_dtype", "dispatch_dtype", "overlap"):
+        data[name] = pd.Categorical.from_codes(cols[name], categories=plan.categories[name])
+    for name in ("batch", "input_len", "output_len"):
+        data[name] = cols[name].astype(np.int64)
+    if any(w.context_len is not None for w in sc.workloads):
+        data["context_len"] = cols["context_len"]
+    for name in ("phase", "routing"):
+        data[name] = pd.Categorical.from_codes(cols[name], categories=plan.categories[name])
+    caps = np.array([np.nan if c is None else float(c) for c in plan.categories["capacity_factor"]])
+    data["capacity_factor"] = caps[cols["capacity_factor"]]
+    data["block_m"] = np.asarray(plan.categories["block_m"], dtype=np.int64)[cols["block_m"]]
+    cut = METRICS.index("num_gpus")
+    tail = {
+        "feasible": cols["feasible"],
+        "reason": pd.Categorical(cols["reason"]),
+        "meets_slo": meets_slo(cols, sc.slo),
+    }
+    frames = [
+        pd.DataFrame(data),
+        pd.DataFrame(block_2d[:cut].T, columns=list(METRICS[:cut]), copy=False),
+        pd.DataFrame({"num_gpus": np.rint(cols["num_gpus"]).astype(np.int64)}),
+        pd.DataFrame(block_2d[cut + 1 :].T, columns=list(METRICS[cut + 1 :]), copy=False),
+        pd.DataFrame(tail),
+    ]
+    return pd.concat(frames, axis=1)
+
+
+def layout_names(cols) -> pd.Categorical:
+    """'tp2 ep8 dp4'-style names (parts equal to 1 left out, tp always shown)."""
+    names = ("tp", "ep", "pp", "dp", "replicas")
+    values = [np.asarray(cols[n], dtype=np.int64) for n in names]
+    key = np.zeros(len(values[0]), dtype=np.int64)
+    for v in values:
+        key = key * (int(v.max()) + 1) + v
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    labels = []
+    for combo in (tuple(int(v[i]) for v in values) for i in first):
+        parts = [f"{n}{v}" for n, v in zip(names, combo, strict=True) if n == "tp" or v > 1]
+        labels.append(" ".join(parts).replace("replicas", "x"))
+    return pd.Categorical.from_codes(inverse.ravel(), categories=labels)
+
+
+def _labels(labels: list[str | None], index: np.ndarray) -> pd.Categorical:
+    names = [label or f"#{i}" for i, label in enumerate(labels)]
+    return pd.Categorical.from_codes(index, categories=names)
+
+
+def meets_slo(cols, slo) -> np.ndarray:
+    """Feasible and under every SLO maximum (a metric that is NaN for the phase never meets it)."""
+    ok = np.asarray(cols["feasible"], dtype=bool).copy()
+    for name in ("ttft_s", "tpot_s", "e2e_latency_s"):
+        limit = getattr(slo, name)
+        if limit is not None:
+            with np.errstate(invalid="ignore"):
+                ok &= np.asarray(cols[name]) <= limit
+    return ok
+
+
+def unit_of(column: str) -> str:
+    for suffix, unit in UNITS.items():
+        if column.endswith(suffix):
+            return unit
+    return ""
+
+
+# ---------------------------------------------------------------------------- writing
+def write_results(
+    df: pd.DataFrame, out_dir: Path, loaded: LoadedScenario, formats=("parquet", "csv")
+) -> list[Path]:
+    """Write ``results.parquet`` (scenario text and version in its key-value metadata) and/or
+    ``results.csv`` under ``out_dir``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moesim import __version__
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "parquet" in formats:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta.update(
+            {
+                b"moesim.version": __version__.encode(),
+                b"moesim.scenario_name": loaded.scenario.name.encode(),
+                b"moesim.scenario": loaded.text.encode(),
+            }
+        )
+        path = out_dir / "results.parquet"
+        pq.write_table(table.replace_schema_metadata(meta), path)
+        written.append(path)
+    if "csv" in formats:
+        path = out_dir / "results.csv"
+        df.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A results Parquet file and its moesim metadata (version, scenario_name, scenario)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = {
+        k.decode().removeprefix("moesim."): v.decode()
+        for k, v in (table.schema.metadata or {}).items()
+        if k.startswith(b"moesim.")
+    }
+    return table.to_pandas(), meta
+
+
+def run_scenario(
+    path: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: bool = False,
+    charts: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Load, evaluate and (with ``out_dir``) write a scenario. Returns (frame, manifest)."""
+    import hashlib
+
+    from moesim import __version__
+
+    loaded = load_scenario(path)
+    plan = build_plan(loaded)
+    total = plan.size if limit is None else min(plan.size, limit)
+    t0 = time.perf_counter()
+    if progress and total > CHUNK_ROWS:
+        df = _with_progress(plan, total, limit=limit, workers=workers, scheduler=scheduler)
+    else:
+        df = run_plan(plan, limit=limit, workers=workers, scheduler=scheduler)
+    eval_s = time.perf_counter() - t0
+    manifest = {
+        "scenario": loaded.scenario.name,
+        "scenario_file": str(path),
+        "scenario_sha256": hashlib.sha256(loaded.text.encode()).hexdigest(),
+        "moesim_version": __version__,
+        "points": len(df),
+        "points_in_scenario": plan.size,
+        "feasible": int(df["feasible"].sum()) if len(df) else 0,
+        "meets_slo": int(df["meets_slo"].sum()) if len(df) else 0,
+        "evaluation_s": round(eval_s, 4),
+        "configs_per_s": round(len(df) / eval_s) if eval_s > 0 else None,
+        "workers": workers,
+        "scheduler": scheduler,
+        "limit": limit,
+        "slo": loaded.scenario.slo.model_dump(),
+        "units": {c: unit_of(c) for c in df.columns if unit_of(c)},
+        "files": [],
+        "charts": [],
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        files = write_results(df, out, loaded, loaded.scenario.outputs.formats)
+        (out / "scenario.yaml").write_text(loaded.text)
+        manifest["files"] = [p.name for p in files] + ["scenario.yaml", "manifest.json"]
+        if charts and loaded.scenario.outputs.charts:
+            from moesim.plots.charts import sweep_charts
+
+            written = sweep_charts(df, loaded, out / "charts")
+            manifest["charts"] = [str(p.relative_to(out)) for p in written]
+        (out / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, default=_json_default) + "\n"
+        )
+    return df, manifest
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
+
+
+def _with_progress(plan, total, **kw) -> pd.DataFrame:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("points", total=total)
+        return run_plan(plan, progress=lambda n: bar.advance(task, n), **kw)

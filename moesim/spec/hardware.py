@@ -1,0 +1,550 @@
+"""Hardware profiles: what one accelerator can do, and where each number comes from.
+
+A profile is read once from ``hwprofiles/<name>.yaml``, where keys carry human units
+(``hbm_bandwidth_TBps: 3.35``), and becomes a frozen :class:`HardwareProfile` in SI units
+(``hbm_bandwidth_bytes_per_s = 3.35e12``). Below the loader nothing reads files.
+
+Peak FLOP/s are **dense** (no 2:4 sparsity). Bandwidths are **per GPU, per direction**.
+``efficiency`` holds the calibration: achievable fractions of the datasheet numbers, launch
+overheads and collective α-β terms; datasheet profiles carry published fractions, measured
+profiles (``<name>.measured.yaml``) carry fitted ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
+
+import moesim
+from moesim.errors import MoesimError, unknown_name
+from moesim.spec import units
+
+# Tensor-core / matrix-core dtypes a profile may list. "fp32" is plain (non-tensor) FP32;
+# "tf32" is FP32 inputs on tensor cores.
+DTYPES = ("fp4", "fp8", "int8", "bf16", "fp16", "tf32", "fp32")
+DTYPE_ALIASES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+    "e4m3": "fp8",
+    "e5m2": "fp8",
+    "fp8_e4m3": "fp8",
+    "fp8_e5m2": "fp8",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8",
+    "nvfp4": "fp4",
+    "mxfp4": "fp4",
+}
+KERNEL_CLASSES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "memory")
+
+# SI attribute -> the unit suffix its YAML key is written with (and written back in).
+HUMAN_UNITS = {
+    "hbm_bandwidth_bytes_per_s": "TBps",
+    "hbm_capacity_bytes": "GB",
+    "l2_bytes": "MB",
+    "scaleup_bandwidth_bytes_per_s": "GBps",
+    "scaleout_bandwidth_bytes_per_s": "GBps",
+    "host_link_bandwidth_bytes_per_s": "GBps",
+    "host_memory_bytes": "GB",
+    "tdp_w": "W",
+    "launch_overhead_s": "us",
+    "scaleup_latency_s": "us",
+    "scaleout_latency_s": "us",
+}
+PEAK_UNIT = "TFLOPS"
+_PEAK_KEY_RE = re.compile(r"^(?P<dtype>[a-z0-9]+)_dense_(?P<unit>[A-Z]FLOPS)$")
+_SI_UNIT_NAMES = {"bytes_per_s": "B/s", "bytes": "B", "s": "s", "w": "W", "flops_per_s": "FLOP/s"}
+
+
+def normalize_dtype(dtype: str) -> str:
+    """Canonical dtype name: ``"bfloat16" -> "bf16"``, ``"float8_e4m3fn" -> "fp8"``."""
+    d = str(dtype).lower().replace("torch.", "")
+    return DTYPE_ALIASES.get(d, d)
+
+
+# --- calibration block ----------------------------------------------------------------------
+
+
+class KernelEfficiency(BaseModel):
+    """Achievable fractions of datasheet peaks for one kernel class (roofline terms)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    compute_efficiency: float = Field(0.8, gt=0, le=1)  # of datasheet peak FLOP/s
+    memory_efficiency: float = Field(0.85, gt=0, le=1)  # of datasheet HBM bytes/s
+    launch_overhead_s: float = Field(4e-6, ge=0)
+    # Host (CPU) cost per kernel launch of eagerly-timed measurements: back-to-back eager calls
+    # take max(host launch time, device time). Serving runs CUDA graphs and never pays it; it is
+    # fitted so that measurements taken without graphs calibrate the device terms correctly.
+    host_launch_s: float = Field(0.0, ge=0)
+    tile_m: int = Field(1, ge=1)  # wave/tile quantisation (1 = off)
+    tile_n: int = Field(1, ge=1)
+    ridge_sharpness: float = Field(8.0, gt=0)  # p of (t_c^p + t_m^p)^(1/p); large = hard max
+    compute_efficiency_by_dtype: dict[str, float] = {}
+
+    @field_validator("compute_efficiency_by_dtype")
+    @classmethod
+    def _check_by_dtype(cls, value: dict[str, float]) -> dict[str, float]:
+        out = {normalize_dtype(k): float(v) for k, v in value.items()}
+        bad = {k: v for k, v in out.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"efficiencies must be in (0, 1], got {bad}")
+        return out
+
+    def compute_eff(self, dtype: str) -> float:
+        """Achievable fraction of peak for ``dtype`` (per-dtype override, else the default)."""
+        return self.compute_efficiency_by_dtype.get(normalize_dtype(dtype), self.compute_efficiency)
+
+
+class CollectiveEfficiency(BaseModel):
+    """α-β terms of the two network levels and the host link."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scaleup_bandwidth_efficiency: float = Field(0.8, gt=0, le=1)  # NCCL ~370/450 on H100
+    scaleup_latency_s: float = Field(5e-6, ge=0)
+    scaleout_bandwidth_efficiency: float = Field(0.85, gt=0, le=1)
+    scaleout_latency_s: float = Field(10e-6, ge=0)
+    host_link_efficiency: float = Field(0.8, gt=0, le=1)
+    # all-reduce busBW with in-switch reduction (NVLS) over busBW without; 1.0 = no gain.
+    allreduce_in_switch_speedup: float = Field(1.0, ge=1)
+
+
+class Efficiency(BaseModel):
+    """The calibration block: datasheet defaults until measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field("datasheet defaults", min_length=1)
+    gemm: KernelEfficiency = KernelEfficiency()
+    grouped_gemm: KernelEfficiency = KernelEfficiency()
+    attention_prefill: KernelEfficiency = KernelEfficiency()
+    attention_decode: KernelEfficiency = KernelEfficiency()
+    memory: KernelEfficiency = KernelEfficiency()
+    collectives: CollectiveEfficiency = CollectiveEfficiency()
+    fit_report: dict[str, Any] = {}
+
+    def for_class(self, kernel_class: str) -> KernelEfficiency:
+        """The efficiency terms of one kernel class (``"gemm"``, ``"grouped_gemm"``, ...)."""
+        if kernel_class not in KERNEL_CLASSES:
+            raise unknown_name("kernel class", kernel_class, KERNEL_CLASSES)
+        return getattr(self, kernel_class)
+
+
+# --- the profile ----------------------------------------------------------------------------
+
+
+class HardwareProfile(BaseModel):
+    """One accelerator in SI units, with a source for every number."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    vendor: str = ""
+    peak_flops_per_s: dict[str, PositiveFloat]  # dense, by dtype; absent = no such tensor cores
+    hbm_bandwidth_bytes_per_s: PositiveFloat
+    hbm_capacity_bytes: PositiveFloat
+    num_sms: int = Field(gt=0)  # SMs (NVIDIA) or CUs (AMD)
+    l2_bytes: PositiveFloat
+    scaleup_domain_size: int = Field(ge=1)  # GPUs per NVLink / xGMI domain
+    scaleup_bandwidth_bytes_per_s: PositiveFloat  # per GPU, per direction
+    scaleup_in_switch_reduction: bool = False  # NVLink SHARP (NVLS) on NVSwitch
+    scaleout_bandwidth_bytes_per_s: PositiveFloat  # per-GPU NIC, per direction
+    host_link_bandwidth_bytes_per_s: PositiveFloat  # PCIe, per direction
+    host_memory_bytes: PositiveFloat  # this GPU's share of host DRAM
+    gpus_per_node: int = Field(8, ge=1)
+    tdp_w: PositiveFloat
+    price_usd_per_hour: float = Field(ge=0)  # per GPU-hour
+    provenance: dict[str, str] = {}
+    efficiency: Efficiency = Efficiency()
+    measurement: dict[str, Any] = {}  # metadata of the run a measured profile came from
+
+    @field_validator("peak_flops_per_s")
+    @classmethod
+    def _check_peaks(cls, value: dict[str, float]) -> dict[str, float]:
+        out = {normalize_dtype(k): v for k, v in value.items()}
+        unknown = sorted(set(out) - set(DTYPES))
+        if unknown:
+            raise ValueError(f"unknown dtype {unknown[0]!r}; known: {', '.join(DTYPES)}")
+        if not out:
+            raise ValueError("at least one dtype is needed")
+        return out
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; MoesimError if the chip has no such tensor cores."""
+        d = normalize_dtype(dtype)
+        if d not in self.peak_flops_per_s:
+            have = ", ".join(self.peak_flops_per_s)
+            raise MoesimError(f"{self.name} has no {d} tensor cores (it has: {have})")
+        return self.peak_flops_per_s[d]
+
+    def with_efficiency(self, efficiency: Efficiency | dict[str, Any]) -> HardwareProfile:
+        """A copy with a new calibration block (e.g. fitted by ``moesim calibrate``)."""
+        eff = Efficiency.model_validate(efficiency)
+        return self.model_copy(update={"efficiency": eff})
+
+    def missing_provenance(self) -> list[str]:
+        """Numeric fields with no source in ``provenance`` (empty for a valid profile)."""
+        have = set(self.provenance)
+        missing = [f for f in numeric_fields(self) if f not in have]
+        if "peak_flops_per_s" in have:
+            missing = [f for f in missing if not f.startswith("peak_flops_per_s.")]
+        return missing
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The profile as YAML would hold it: human units in the key names."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        out["vendor"] = self.vendor
+        for dtype, flops in self.peak_flops_per_s.items():
+            out[f"{dtype}_dense_{PEAK_UNIT}"] = units.from_si(flops, PEAK_UNIT)
+        for field in _HARDWARE_SCALARS:
+            out[yaml_key(field)] = _human_value(field, getattr(self, field))
+        out["provenance"] = {yaml_key(k): v for k, v in self.provenance.items()}
+        out["efficiency"] = _efficiency_yaml(self.efficiency)
+        if self.measurement:
+            out["measurement"] = _plain(self.measurement)
+        return out
+
+    def save_yaml(self, path: str | Path) -> Path:
+        """Write the profile as YAML (human units); returns the path."""
+        from ruamel.yaml import YAML
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yaml = YAML(typ="rt")
+        yaml.default_flow_style = False
+        yaml.width = 4096
+        with path.open("w") as fh:
+            yaml.dump(self.to_yaml_dict(), fh)
+        return path
+
+    def field_rows(self) -> list[dict[str, Any]]:
+        """One row per number: YAML key, human value and unit, SI value and unit, source."""
+        rows = []
+        for field in numeric_fields(self):
+            value_si = _get(self, field)
+            key = yaml_key(field)
+            base, unit = units.split_key(key)
+            if field.startswith("peak_flops_per_s."):
+                unit_name, human = PEAK_UNIT, units.from_si(value_si, PEAK_UNIT)
+                si_unit = "FLOP/s"
+            elif unit is not None:
+                unit_name = key[len(base) + 1 :]
+                human, si_unit = units.from_si(value_si, unit_name), _SI_UNIT_NAMES[unit.si_suffix]
+            else:
+                unit_name, human, si_unit = "", value_si, ""
+            source = self.provenance.get(field) or self.provenance.get(field.split(".")[0], "")
+            rows.append(
+                {
+                    "field": field,
+                    "yaml_key": key,
+                    "value": human,
+                    "unit": unit_name,
+                    "value_si": value_si,
+                    "si_unit": si_unit,
+                    "source": source,
+                }
+            )
+        return rows
+
+
+_HARDWARE_SCALARS = (
+    "hbm_bandwidth_bytes_per_s",
+    "hbm_capacity_bytes",
+    "num_sms",
+    "l2_bytes",
+    "scaleup_domain_size",
+    "scaleup_bandwidth_bytes_per_s",
+    "scaleup_in_switch_reduction",
+    "scaleout_bandwidth_bytes_per_s",
+    "host_link_bandwidth_bytes_per_s",
+    "host_memory_bytes",
+    "gpus_per_node",
+    "tdp_w",
+    "price_usd_per_hour",
+)
+
+
+def numeric_fields(profile: HardwareProfile) -> list[str]:
+    """The fields that need a source: one per peak dtype, then the hardware scalars."""
+    return [f"peak_flops_per_s.{d}" for d in profile.peak_flops_per_s] + list(_HARDWARE_SCALARS)
+
+
+def yaml_key(field: str) -> str:
+    """The human-unit YAML key of an SI field: ``"l2_bytes" -> "l2_MB"``."""
+    if field.startswith("peak_flops_per_s."):
+        return f"{field.split('.', 1)[1]}_dense_{PEAK_UNIT}"
+    if field in HUMAN_UNITS:
+        base_si = field.removesuffix(units.UNITS[HUMAN_UNITS[field]].si_suffix)
+        return f"{base_si}{HUMAN_UNITS[field]}"
+    return field
+
+
+def _get(profile: HardwareProfile, field: str) -> Any:
+    if field.startswith("peak_flops_per_s."):
+        return profile.peak_flops_per_s[field.split(".", 1)[1]]
+    return getattr(profile, field)
+
+
+def _human_value(field: str, value: Any) -> Any:
+    return units.from_si(value, HUMAN_UNITS[field]) if field in HUMAN_UNITS else value
+
+
+def _efficiency_yaml(eff: Efficiency) -> dict[str, Any]:
+    out: dict[str, Any] = {"source": eff.source}
+    for block in (*KERNEL_CLASSES, "collectives"):
+        values = getattr(eff, block).model_dump()
+        out[block] = {
+            yaml_key(k): _human_value(k, v) for k, v in values.items() if v != {} or k == "source"
+        }
+    if eff.fit_report:
+        out["fit_report"] = _plain(eff.fit_report)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy scalars / tuples / ruamel nodes -> plain Python for YAML and JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if hasattr(obj, "item"):  # numpy scalar
+        return obj.item()
+    if isinstance(obj, str):
+        return str(obj)
+    return obj
+
+
+# --- finding and loading profiles -----------------------------------------------------------
+
+
+def profile_dirs() -> list[Path]:
+    """Where profiles live: package data (wheel installs), else the repo's ``hwprofiles/``."""
+    package = Path(moesim.__file__).parent
+    bundled = package / "_data" / "hwprofiles"
+    return [bundled] if bundled.is_dir() else [package.parent / "hwprofiles"]
+
+
+def _profile_paths() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.name.removesuffix(".yaml"), path)
+    return found
+
+
+def list_hardware() -> list[str]:
+    """Names of the shipped profiles (``h100-sxm``, ``h100-sxm.measured``, ...), sorted."""
+    return sorted(_profile_paths())
+
+
+def load_hardware(name_or_path: str | Path | HardwareProfile) -> HardwareProfile:
+    """Load a profile by name (``"h100-sxm"``) or from a YAML file path."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
+    text = str(name_or_path)
+    paths = _profile_paths()
+    if text in paths:
+        path = paths[text]
+    elif isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise MoesimError(f"hardware profile file not found: {text}")
+    else:
+        raise unknown_name("hardware profile", text, paths)
+    resolved = path.resolve()
+    return _load_file(str(resolved), resolved.stat().st_mtime_ns, _display(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_file(path: str, mtime_ns: int, display: str) -> HardwareProfile:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        doc = YAML(typ="rt").load(Path(path).read_text())
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise MoesimError(f"{display}:{line}: YAML syntax error: {exc.problem}") from None
+    except YAMLError as exc:
+        raise MoesimError(f"{display}: YAML error: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MoesimError(f"{display}:1: expected a mapping of fields, got {type(doc).__name__}")
+    return profile_from_yaml(doc, display)
+
+
+def profile_from_yaml(doc: dict[str, Any], display: str = "<yaml>") -> HardwareProfile:
+    """Validate a parsed YAML mapping (human units) into a profile; errors name file:line:field."""
+    reader = _Reader(display)
+    data = reader.profile(doc)
+    try:
+        profile = HardwareProfile.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise reader.error_from(exc) from None
+    missing = profile.missing_provenance()
+    if missing:
+        key = yaml_key(missing[0])
+        raise MoesimError(
+            f"{display}:{reader.line_of((missing[0].split('.')[0],), doc)}: field {key!r} has no "
+            f"source; add it under 'provenance:' ({len(missing)} field(s) lack one: "
+            f"{', '.join(yaml_key(m) for m in missing)})"
+        )
+    return profile
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class _Reader:
+    """Turns a human-unit YAML tree into SI data, remembering each field's YAML key and line."""
+
+    def __init__(self, display: str):
+        self.display = display
+        self.where: dict[tuple[str, ...], tuple[str, int]] = {}  # SI loc -> (YAML path, line)
+
+    def profile(self, doc: dict[str, Any]) -> dict[str, Any]:
+        data = self.block(doc, HardwareProfile, ())
+        if "measured_from" in doc:
+            data.setdefault("measurement", {})["measured_from"] = _plain(doc["measured_from"])
+        return data
+
+    def block(self, node: Any, model: type[BaseModel], loc: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            line = self.where.get(loc, ("", 1))[1]
+            raise self.fail(loc, line, f"expected a mapping, got {type(node).__name__}")
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            key = str(key)
+            line = _line(node, key)
+            if model is HardwareProfile and key == "measured_from":
+                continue
+            peak = _PEAK_KEY_RE.match(key) if model is HardwareProfile else None
+            if peak:
+                dtype = normalize_dtype(peak["dtype"])
+                if dtype not in DTYPES:
+                    message = f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}"
+                    raise MoesimError(f"{self.display}:{line}: field {key!r}: {message}")
+                self.where[("peak_flops_per_s", dtype)] = (key, line)
+                self.where.setdefault(("peak_flops_per_s",), (key, line))
+                number = self.number(value, loc + (key,), line)
+                out.setdefault("peak_flops_per_s", {})[dtype] = units.to_si(number, peak["unit"])
+                continue
+            field = key if key in model.model_fields else units.si_key(key)
+            if field not in model.model_fields:
+                raise self.unknown(loc, key, line, model)
+            self.where[loc + (field,)] = (".".join(loc + (key,)), line)
+            nested = model.model_fields[field].annotation
+            if isinstance(nested, type) and issubclass(nested, BaseModel):
+                out[field] = self.block(value, nested, loc + (field,))
+            elif field == "provenance":
+                out[field] = self.provenance(value, line)
+            elif field != key:
+                number = self.number(value, loc + (field,), line)
+                out[field] = units.to_si(number, key[len(units.split_key(key)[0]) + 1 :])
+            else:
+                out[field] = _plain(value)
+        return out
+
+    def provenance(self, node: Any, line: int) -> dict[str, str]:
+        if not isinstance(node, dict):
+            raise self.fail(("provenance",), line, "expected a mapping of field: source")
+        known = _provenance_keys()
+        out = {}
+        for key, source in node.items():
+            key = str(key)
+            field = known.get(key)
+            if field is None:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise MoesimError(
+                    f"{self.display}:{_line(node, key)}: provenance for unknown field {key!r}{hint}"
+                )
+            if not isinstance(source, str) or not source.strip():
+                raise MoesimError(
+                    f"{self.display}:{_line(node, key)}: provenance {key!r}: expected a source text"
+                )
+            out[field] = str(source)
+        return out
+
+    def number(self, value: Any, loc: tuple[str, ...], line: int) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(loc, line, f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+
+    def unknown(self, loc: tuple[str, ...], key: str, line: int, model: type[BaseModel]):
+        known = _human_keys(model)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+        name = ".".join(loc + (key,))
+        return MoesimError(f"{self.display}:{line}: unknown field {name!r}{hint}")
+
+    def fail(self, loc: tuple[str, ...], line: int, message: str) -> MoesimError:
+        name = self.where.get(loc, (".".join(loc),))[0]
+        return MoesimError(f"{self.display}:{line}: field {name!r}: {message}")
+
+    def error_from(self, exc: ValidationError) -> MoesimError:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(str(p) for p in first["loc"])
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        message = first["msg"] + more
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.where:
+                key, line = self.where[loc[:n]]
+                if n < len(loc):
+                    key = f"{key}.{'.'.join(loc[n:])}"
+                return MoesimError(f"{self.display}:{line}: field {key!r}: {message}")
+        if first["type"] == "missing":
+            key = ".".join(loc[:-1] + (yaml_key(loc[-1]),)) if loc else "?"
+            return MoesimError(f"{self.display}:1: field {key!r}: missing (required)")
+        return MoesimError(f"{self.display}:1: {'.'.join(loc) or 'profile'}: {message}")
+
+    def line_of(self, loc: tuple[str, ...], doc: dict[str, Any]) -> int:
+        return self.where.get(loc, ("", _line(doc, "provenance")))[1]
+
+
+def _line(node: Any, key: str) -> int:
+    """1-based line of ``key`` in a ruamel round-trip mapping (1 if unknown)."""
+    try:
+        return node.lc.key(key)[0] + 1
+    except (AttributeError, KeyError, TypeError):
+        return 1
+
+
+def _human_keys(model: type[BaseModel]) -> list[str]:
+    keys = [yaml_key(f) for f in model.model_fields]
+    if model is HardwareProfile:
+        keys.remove("peak_flops_per_s")
+        keys += [f"{d}_dense_{PEAK_UNIT}" for d in DTYPES]
+    return keys
+
+
+@functools.cache
+def _provenance_keys() -> dict[str, str]:
+    """Every spelling a provenance key may take -> the SI field it documents."""
+    fields = ["peak_flops_per_s", *(f"peak_flops_per_s.{d}" for d in DTYPES), *_HARDWARE_SCALARS]
+    keys = {f: f for f in fields} | {yaml_key(f): f for f in fields}
+    for block in ("efficiency", *(f"efficiency.{b}" for b in (*KERNEL_CLASSES, "collectives"))):
+        keys[block] = block
+    for text in ("name", "description", "vendor", "measurement"):
+        keys[text] = text
+    return keys
