@@ -141,6 +141,8 @@ def run_instance(
     log_end, log_dt = array("d"), array("d")
     log_dec, log_pre, log_kv = array("q"), array("q"), array("q")
     resume = array("d")
+    end_append, dt_append, kv_append = log_end.append, log_dt.append, log_kv.append
+    dec_append, pre_append = log_dec.append, log_pre.append
 
     now = 0.0
     ds = 0  # decode steps done so far (the index of the next decode step)
@@ -283,15 +285,15 @@ def run_instance(
                     ds += 1
                     c_tot += D
                     k += 1
-                    log_end.append(now)
-                    log_dt.append(dt)
-                    log_dec.append(D)
-                    log_pre.append(0)
-                    log_kv.append(used)
+                    end_append(now)
+                    dt_append(dt)
+                    kv_append(used)
                     if now >= t_next:
                         break
                 if k:
                     last_dt = dt
+                    log_dec.extend([D] * k)
+                    log_pre.frombytes(bytes(8 * k))
             if k:
                 s_old = ds - 1
                 if fheap[0] == s_old:
@@ -430,11 +432,11 @@ def run_instance(
         dt = (a if a > bm else bm) + o + head_s[dd + len(ch_r)]
         now += dt
         last_dt = dt
-        log_end.append(now)
-        log_dt.append(dt)
-        log_dec.append(dd - joined)
-        log_pre.append(P)
-        log_kv.append(K - free)
+        end_append(now)
+        dt_append(dt)
+        dec_append(dd - joined)
+        pre_append(P)
+        kv_append(K - free)
 
         if joined:
             for r in joiners:

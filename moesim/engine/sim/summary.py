@@ -20,8 +20,9 @@ PERCENTILES = (50, 90, 99)
 def _stats(name: str, x: np.ndarray) -> dict:
     x = x[np.isfinite(x)]
     out = {f"{name}_mean_s": float(np.mean(x)) if x.size else float("nan")}
-    for q in PERCENTILES:
-        out[f"{name}_p{q}_s"] = float(np.percentile(x, q)) if x.size else float("nan")
+    pct = np.percentile(x, PERCENTILES) if x.size else np.full(len(PERCENTILES), np.nan)
+    for q, v in zip(PERCENTILES, pct, strict=True):
+        out[f"{name}_p{q}_s"] = float(v)
     return out
 
 
@@ -30,12 +31,12 @@ def _weighted_stats(name: str, values: np.ndarray, weights: np.ndarray) -> dict:
     values, weights = values[keep], weights[keep].astype(float)
     total = float(weights.sum())
     out = {f"{name}_mean_s": float(np.dot(values, weights) / total) if total else float("nan")}
-    for q in PERCENTILES:
-        out[f"{name}_p{q}_s"] = (
-            float(np.percentile(values, q, weights=weights, method="inverted_cdf"))
-            if total
-            else float("nan")
-        )
+    if total:
+        pct = np.percentile(values, PERCENTILES, weights=weights, method="inverted_cdf")
+    else:
+        pct = np.full(len(PERCENTILES), np.nan)
+    for q, v in zip(PERCENTILES, pct, strict=True):
+        out[f"{name}_p{q}_s"] = float(v)
     return out
 
 
