@@ -98,6 +98,14 @@ def test_closed_loop_by_hand():
     assert r.finish_s.tolist() == [2.0, 2.0, 4.0]
 
 
+def test_rate_capped_by_concurrency_by_hand():
+    """Arrivals at 0, 0.1 and 5 s with at most one in flight (vllm bench serve --request-rate
+    with --max-concurrency 1): the second is sent when the first finishes, the third on time."""
+    r = _run([0.0, 0.1, 5.0], [2, 2, 2], [2, 2, 2], concurrency=1)
+    assert r.arrival_s.tolist() == [0.0, 2.0, 5.0]
+    assert r.finish_s.tolist() == [2.0, 4.0, 7.0]
+
+
 # ---------------------------------------------------------------------------- queueing references
 def _md1_wait_cdf(t: float, lam: float, service: float) -> float:
     """M/D/1 FCFS waiting-time distribution (Erlang 1909; e.g. Iversen, Teletraffic Engineering

@@ -80,6 +80,12 @@ def test_trace_and_table_output(tmp_path):
     p = run("-m", "llama-3.1-8b", "-H", "h100-sxm", "--trace", str(trace), "--engine", "trtllm")
     assert p.returncode == 0, p.stderr
     assert "TTFT" in p.stdout and "p99" in p.stdout and "trace azure.csv" in p.stdout
+    # vllm bench serve's spellings: the trace's lengths at a rate, capped in flight.
+    p = run("-m", "llama-3.1-8b", "-H", "h100-sxm", "--trace", str(trace), "--request-rate", "50",
+            "--max-concurrency", "8", "--num-prompts", "200", "--json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["requests"] == 200 and r["concurrency"] == 8 and "at most 8 in flight" in r["traffic"]
 
 
 @pytest.mark.parametrize(

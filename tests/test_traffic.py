@@ -79,13 +79,14 @@ def test_length_cap_and_errors():
             tr.parse_lengths(bad)
 
 
-def test_synthetic_needs_one_load():
-    with pytest.raises(MoesimError, match="exactly one"):
+def test_synthetic_load_forms():
+    with pytest.raises(MoesimError, match="a concurrency, or both"):
         tr.synthetic(10, input_len=5, output_len=5)
-    with pytest.raises(MoesimError, match="exactly one"):
-        tr.synthetic(10, rate_per_s=1.0, concurrency=4)
     closed = tr.synthetic(10, concurrency=4, ramp_up_s=2.0)
     assert closed.concurrency == 4 and np.isnan(closed.arrival_s).all()
+    capped = tr.synthetic(10, rate_per_s=1.0, concurrency=4)
+    assert capped.concurrency == 4 and np.isfinite(capped.arrival_s).all()
+    assert "at most 4 in flight" in capped.source
     for bad in (dict(rate_per_s=-1.0), dict(rate_per_s=float("nan")), dict(concurrency=0)):
         with pytest.raises(MoesimError):
             tr.synthetic(10, **bad)

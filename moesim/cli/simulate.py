@@ -58,13 +58,14 @@ def simulate_cmd(
         None, "--hardware", "-H", help="Hardware profile name or YAML path."
     ),
     rate: float | None = typer.Option(
-        None, "--rate", min=0.0, help="Open loop: arrival rate, requests/s."
+        None, "--rate", "--request-rate", min=0.0, help="Open loop: arrival rate, requests/s."
     ),
     concurrency: int | None = typer.Option(
         None,
         "--concurrency",
+        "--max-concurrency",
         min=1,
-        help="Closed loop: clients, each sending its next request when the last finishes.",
+        help="Requests in flight: a closed loop of this many clients, or with --rate a cap.",
     ),
     arrival: Arrival = typer.Option(
         Arrival.poisson, "--arrival", help="Arrival process with --rate."
@@ -78,6 +79,7 @@ def simulate_cmd(
     num_requests: int | None = typer.Option(
         None,
         "--num-requests",
+        "--num-prompts",
         "-n",
         min=1,
         help="Requests to simulate (default 1000; a trace: all its rows).",
@@ -239,7 +241,9 @@ def simulate_cmd(
         )  # fmt: skip
     else:
         if rate is None and concurrency is None:
-            raise MoesimError("give --rate (open loop), --concurrency (closed loop) or --trace")
+            raise MoesimError(
+                "give --rate (open loop), --concurrency (closed loop), both, or --trace"
+            )
         traffic = tr.synthetic(
             num_requests or 1000, rate_per_s=rate, concurrency=concurrency, input_len=input_len,
             output_len=output_len, arrival=arrival.value, cv=cv, ramp_up_s=ramp_up, seed=seed,

@@ -25,7 +25,7 @@ import numpy as np
 from moesim.engine.sim.engines import EngineConfig, engine_config
 from moesim.engine.sim.loop import InstanceRun, run_instance
 from moesim.engine.sim.steptable import StepTable, build_step_table
-from moesim.engine.sim.summary import request_metrics, summarize
+from moesim.engine.sim.summary import occupancy, request_metrics, summarize
 from moesim.engine.traffic import Traffic
 from moesim.errors import MoesimError
 
@@ -361,13 +361,14 @@ def simulate_disaggregated(
     gaps = (second - pre_req["finish_s"][go])[np.isfinite(second)]
     summary = summarize(
         requests, steps, num_gpus=gpus, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
-        extra_itl_s=gaps,
+        extra_itl_s=gaps, occupancy_steps=dec_steps,
     )  # fmt: skip
     summary.update(_settings(eng_d, tok_d, blk_d, d.instances, traffic, table_d))
     summary.update(
         prefill_instances=p.instances,
         decode_instances=d.instances,
         prefill_kv_cache_tokens=tok_p,
+        prefill_kv_occupancy_mean=occupancy(pre_steps)["kv_occupancy_mean"],
         kv_transfer_mean_s=float(np.mean(transfer)) if n else float("nan"),
     )
     return SimResult(requests, steps, summary, list(traffic.notes))

@@ -76,7 +76,8 @@ class Traffic:
     arrival_s : [N] float64, seconds from the start, non-decreasing (NaN for closed-loop
         requests, whose arrival is the finish of the previous request of their client)
     input_tokens, output_tokens : [N] int64, >= 1
-    concurrency : closed loop with this many clients (None: open loop at ``arrival_s``)
+    concurrency : at most this many requests in flight: a closed loop of this many clients when
+        ``arrival_s`` is NaN, an open loop capped at it otherwise (None: open loop)
     ramp_up_s : closed loop: the first ``concurrency`` requests arrive evenly over this time
     source : a short description for reports
     notes : things the reader of a report should know (sorted rows, truncation)
@@ -237,25 +238,33 @@ def synthetic(
     ramp_up_s: float = 0.0,
     seed: int = 0,
 ) -> Traffic:
-    """Synthetic traffic: open loop at ``rate_per_s`` or closed loop with ``concurrency``
-    clients (exactly one of them), lengths from ``input_len`` / ``output_len``."""
+    """Synthetic traffic: open loop at ``rate_per_s``, closed loop with ``concurrency``
+    clients, or both (arrivals at the rate, at most ``concurrency`` in flight: ``vllm bench
+    serve --request-rate R --max-concurrency C``); lengths from ``input_len`` / ``output_len``."""
     _check_count(num_requests)
-    if (rate_per_s is None) == (concurrency is None):
-        raise MoesimError("give exactly one of an arrival rate or a concurrency")
+    if rate_per_s is None and concurrency is None:
+        raise MoesimError("give an arrival rate, a concurrency, or both")
     g_arr, g_in, g_out = _streams(seed)
     din, dout = parse_lengths(input_len, "input length"), parse_lengths(output_len, "output length")
     inp = din.sample(g_in, num_requests)
     out = dout.sample(g_out, num_requests)
+    parts = []
+    if rate_per_s is not None:
+        arr = arrival_times(g_arr, num_requests, float(rate_per_s), arrival, cv)
+        parts.append(
+            f"{arrival} arrivals at {rate_per_s:g}/s"
+            + (f" (CV {cv:g})" if arrival == "gamma" else "")
+        )
+    else:
+        arr = np.full(num_requests, np.nan)
     if concurrency is not None:
         _check_concurrency(concurrency, ramp_up_s)
-        arr = np.full(num_requests, np.nan)
-        desc = f"closed loop, {concurrency} clients"
-    else:
-        arr = arrival_times(g_arr, num_requests, float(rate_per_s), arrival, cv)
-        desc = f"{arrival} arrivals at {rate_per_s:g}/s" + (
-            f" (CV {cv:g})" if arrival == "gamma" else ""
+        parts.append(
+            f"at most {concurrency} in flight"
+            if rate_per_s is not None
+            else f"closed loop, {concurrency} clients"
         )
-    desc += f", input {din.text or din.kind}, output {dout.text or dout.kind}"
+    desc = ", ".join(parts) + f", input {din.text or din.kind}, output {dout.text or dout.kind}"
     return Traffic(arr, inp, out, concurrency, float(ramp_up_s), desc)
 
 
@@ -437,33 +446,31 @@ def from_trace(
     num_requests: int | None = None,
     sort: bool = True,
 ) -> Traffic:
-    """Traffic from a trace file. Its arrival times are used unless a rate or a concurrency is
-    given (then the trace supplies the lengths only, as ``vllm bench serve`` replays ShareGPT
-    lengths at a chosen rate); a trace without an arrival column needs one of them."""
+    """Traffic from a trace file. Its arrival times are used unless a rate is given (then the
+    trace supplies the lengths only, as ``vllm bench serve`` replays ShareGPT lengths at a
+    chosen rate); a concurrency without a rate makes a closed loop over the trace's lengths,
+    with a rate it caps the requests in flight. A trace without an arrival column needs a rate
+    or a concurrency."""
     arr, inp, out, notes = read_trace(
         path, time_unit=time_unit, rate_scale=rate_scale, num_requests=num_requests, sort=sort
     )
-    if rate_per_s is not None and concurrency is not None:
-        raise MoesimError("give at most one of an arrival rate or a concurrency")
     name = Path(path).name
+    if rate_per_s is not None:
+        arr = arrival_times(_streams(seed)[0], len(inp), float(rate_per_s), arrival, cv)
+        desc = f"trace {name} lengths, {arrival} arrivals at {rate_per_s:g}/s"
+    elif concurrency is not None:
+        arr = None
+        desc = f"trace {name} lengths, closed loop, {concurrency} clients"
+    else:
+        desc = f"trace {name}"
     if concurrency is not None:
         _check_concurrency(concurrency, ramp_up_s)
-        return Traffic(np.full(len(inp), np.nan), inp, out, int(concurrency), float(ramp_up_s),
-                       f"trace {name} lengths, closed loop, {concurrency} clients", notes)  # fmt: skip
-    if rate_per_s is not None:
-        g_arr = _streams(seed)[0]
-        arr = arrival_times(g_arr, len(inp), float(rate_per_s), arrival, cv)
-        return Traffic(
-            arr,
-            inp,
-            out,
-            None,
-            0.0,
-            f"trace {name} lengths, {arrival} arrivals at {rate_per_s:g}/s",
-            notes,
-        )
+        if arr is not None:
+            desc += f", at most {concurrency} in flight"
+        times = np.full(len(inp), np.nan) if arr is None else arr
+        return Traffic(times, inp, out, int(concurrency), float(ramp_up_s), desc, notes)
     if arr is None:
         raise MoesimError(
             f"trace {path} has no arrival-time column; give a rate or a concurrency (or add one of {', '.join(ARRIVAL_COLUMNS[:4])})"
         )
-    return Traffic(arr, inp, out, None, 0.0, f"trace {name}", notes)
+    return Traffic(arr, inp, out, None, 0.0, desc, notes)

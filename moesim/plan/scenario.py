@@ -340,7 +340,9 @@ class SimulateSpec(_Strict):
     rate_per_s: PositiveAxis | None = Field(
         None, description="Open loop: arrival rates, requests/s."
     )
-    concurrency: IntAxis | None = Field(None, description="Closed loop: numbers of clients.")
+    concurrency: IntAxis | None = Field(
+        None, description="Closed loop: numbers of clients (with rate_per_s: caps in flight)."
+    )
     arrival: Literal["poisson", "gamma", "constant"] = Field(
         "poisson", description="Arrival process."
     )
@@ -373,8 +375,6 @@ class SimulateSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_load(self) -> SimulateSpec:
-        if self.rate_per_s is not None and self.concurrency is not None:
-            raise ValueError("give rate_per_s or concurrency, not both")
         if self.rate_per_s is None and self.concurrency is None and self.trace is None:
             raise ValueError("give rate_per_s, concurrency or a trace with arrival times")
         return self

@@ -631,12 +631,13 @@ def simulation_points(loaded: LoadedScenario) -> list[dict]:
     cols = plan.rows(0, plan.size)
     keys = np.stack([np.asarray(cols[k], dtype=float) for k in SIM_POINT_AXES], axis=1)
     _, first = np.unique(keys, axis=0, return_index=True)
-    if sim.rate_per_s is not None:
-        loads = [{"rate_per_s": float(r), "concurrency": None} for r in sim.rate_per_s]
-    elif sim.concurrency is not None:
-        loads = [{"rate_per_s": None, "concurrency": int(c)} for c in sim.concurrency]
-    else:
-        loads = [{"rate_per_s": None, "concurrency": None}]
+    loads = [
+        {
+            "rate_per_s": None if r is None else float(r),
+            "concurrency": None if c is None else int(c),
+        }
+        for r, c in itertools.product(sim.rate_per_s or (None,), sim.concurrency or (None,))
+    ]
     points = []
     for i in np.sort(first):
         base = {}
@@ -768,6 +769,8 @@ def simulation_frame(rows: list[dict]) -> pd.DataFrame:
             columns=["model", "hardware", "layout", *SIM_METRICS, "feasible", "reason"]
         )
     df = pd.DataFrame(rows)
+    df["rate_per_s"] = pd.to_numeric(df["rate_per_s"]).astype(float)
+    df["concurrency"] = pd.array(df["concurrency"], dtype="Int64")
     for k in SIM_METRICS:
         if k not in df.columns:
             df[k] = np.nan

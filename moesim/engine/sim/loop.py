@@ -80,8 +80,10 @@ def run_instance(
     kv_ready : the requests arrive with their prompt's KV and first token (the decode pool of a
         disaggregated deployment): they join the decodes of the next step
     concurrency : closed loop: this many clients, each sending its next request when the
-        previous one finishes (``arrival_s`` is then ignored; the first ``concurrency``
-        requests arrive evenly over ``ramp_up_s``)
+        previous one finishes; with finite ``arrival_s`` a request also waits for its arrival
+        time (an open loop capped at ``concurrency`` in flight, ``vllm bench serve
+        --request-rate R --max-concurrency C``); without, the first ``concurrency`` requests
+        arrive evenly over ``ramp_up_s``
     """
     n_all = int(len(input_tokens))
     bs = int(block_size)
@@ -97,10 +99,19 @@ def run_instance(
     npre = array("q", [0]) * N
     closed = concurrency is not None
     if closed:
-        arr = array("d", [np.inf]) * N
+        # A request is sent when a client is free and not before its own arrival time (none:
+        # at once; the first clients start evenly over the ramp-up).
         c0 = min(int(concurrency), N)
+        times = np.asarray(arrival_s, dtype=float)[keep]
+        if times.size and np.all(np.isfinite(times)):
+            earliest = times.tolist()
+        else:
+            earliest = [0.0] * N
+            for i in range(c0):
+                earliest[i] = ramp_up_s * i / c0
+        arr = array("d", [np.inf]) * N
         for i in range(c0):
-            arr[i] = ramp_up_s * i / c0
+            arr[i] = earliest[i]
         issued = c0
     else:
         arr = array("d", np.asarray(arrival_s, dtype=float)[keep].tolist())
@@ -310,7 +321,8 @@ def run_instance(
                             free += held[r] if reserve else -(-(b + s_old - s0 + 1) // bs)
                             done += 1
                             if closed and issued < N:
-                                arr[issued] = now
+                                e = earliest[issued]
+                                arr[issued] = now if now > e else e
                                 issued += 1
                 continue
 
@@ -462,7 +474,8 @@ def run_instance(
                 free += held[r]
                 done += 1
                 if closed and issued < N:
-                    arr[issued] = now
+                    e = earliest[issued]
+                    arr[issued] = now if now > e else e
                     issued += 1
                 continue
             state[r] = 2
@@ -496,7 +509,8 @@ def run_instance(
                         free += held[r] if reserve else -(-(b + s_old - s0 + 1) // bs)
                         done += 1
                         if closed and issued < N:
-                            arr[issued] = now
+                            e = earliest[issued]
+                            arr[issued] = now if now > e else e
                             issued += 1
 
     def full(values, fill, dtype):

@@ -60,6 +60,7 @@ def summarize(
     ttft_slo_s: float | None = None,
     tpot_slo_s: float | None = None,
     extra_itl_s: np.ndarray | None = None,
+    occupancy_steps: list[dict] | None = None,
 ) -> dict:
     """Summary of a run.
 
@@ -68,6 +69,8 @@ def summarize(
     steps : one dict per instance with step_end_s, step_s, step_decode_seqs, kv_blocks,
         step_kv_blocks, resume_gaps_s
     extra_itl_s : token gaps not in any step log (each counts once)
+    occupancy_steps : the instances whose KV occupancy and decode batch are reported (default
+        all; a disaggregated run reports its decode pool)
     """
     rejected = np.asarray(requests["rejected"], dtype=bool)
     ok = ~rejected & np.isfinite(requests["finish_s"])
@@ -115,11 +118,11 @@ def summarize(
     else:
         res["slo_attainment"] = None
         res["goodput_requests_per_s"] = None
-    res.update(_occupancy(steps))
+    res.update(occupancy(steps if occupancy_steps is None else occupancy_steps))
     return res
 
 
-def _occupancy(steps: list[dict]) -> dict:
+def occupancy(steps: list[dict]) -> dict:
     """Time-weighted KV-cache occupancy (share of blocks in use) and decode batch, over all
     instances' busy steps."""
     used, total, dt, dec = [], [], [], []
