@@ -502,3 +502,54 @@ def test_clear_errors():
     res = simulate(resolve("llama-3.1-8b", "h100-sxm")[0], resolve("llama-3.1-8b", "h100-sxm")[1], Layout(), empty,
                    engine=EngineConfig(kv_cache_tokens=1000))  # fmt: skip
     assert res.summary["rejected"] == 1 and res.notes
+
+
+# ---------------------------------------------------------------------------- invariants
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    budget=st.integers(1, 64),
+    seqs=st.integers(1, 16),
+    block=st.sampled_from([1, 2, 16]),
+    blocks=st.integers(4, 200),
+    admission=st.sampled_from(["prompt", "reserve"]),
+    schedule=st.sampled_from(["mixed", "prefill-first"]),
+    closed=st.booleans(),
+    kv_ready=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_scheduler_invariants(
+    n, budget, seqs, block, blocks, admission, schedule, closed, kv_ready, seed
+):
+    """Any engine settings and traffic: every request that can fit finishes once, after its
+    first token; no step holds more blocks than the cache or more tokens than the budget;
+    every block comes back; every output token is accounted for."""
+    seqs = min(seqs, budget) if schedule == "mixed" else seqs
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(0.7, n))
+    inp = rng.integers(1, 60, n)
+    out = rng.integers(2 if kv_ready else 1, 30, n)  # a decode pool gets requests with more to say
+    r = _run(arrival, inp, out, budget=budget, seqs=seqs, block=block, blocks=blocks,
+             admission=admission, schedule=schedule, concurrency=3 if closed else None,
+             kv_ready=kv_ready)  # fmt: skip
+    ok = ~r.rejected
+    assert np.array_equal(r.rejected, -(-(inp + out) // block) > blocks)
+    assert np.all(np.isfinite(r.finish_s[ok])) and np.all(r.first_token_s[ok] <= r.finish_s[ok])
+    assert np.all(r.arrival_s[ok] < r.first_token_s[ok])
+    assert r.free_blocks_at_end == r.kv_blocks
+    assert np.all(r.step_kv_blocks <= blocks)
+    assert np.all(
+        r.step_prefill_tokens + (r.step_decode_seqs if schedule == "mixed" else 0) <= budget
+    )
+    tokens = int(r.step_decode_seqs.sum()) + r.resume_gaps_s.size
+    if kv_ready:  # the first token came from elsewhere; the second is timed apart
+        assert tokens + int(ok.sum()) == int((out[ok] - 1).sum())
+    else:
+        assert tokens == int((out[ok] - 1).sum())
+    if admission == "reserve":
+        assert r.preemptions.sum() == 0
+    assert np.all(np.diff(r.step_end_s) > 0)

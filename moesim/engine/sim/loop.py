@@ -57,6 +57,7 @@ class InstanceRun:
     step_kv_blocks: np.ndarray
     resume_gaps_s: np.ndarray  # token gaps that span a preemption (added to per-token TPOT)
     kv_blocks: int
+    free_blocks_at_end: int  # equals kv_blocks: every block came back
 
 
 def run_instance(
@@ -192,14 +193,19 @@ def run_instance(
             # here (the request's second) is timed apart: its gap began in the other pool.
             while head < nxt and D + len(prefilling) < M:
                 r = head
-                nb = -(-(inp[r] + outp[r]) // bs) if reserve else -(-inp[r] // bs)
+                b = inp[r]
+                if reserve:
+                    nb = -(-(b + outp[r]) // bs)
+                else:  # its blocks, and this step's new blocks for every decode, itself too
+                    nb = -(-b // bs) + cnt[(-ds) % bs] + (1 if b % bs == 0 else 0)
                 if nb > free:
                     break
+                if not reserve:
+                    nb = -(-b // bs)
                 head += 1
                 free -= nb
                 held[r] = nb
                 state[r] = 2
-                b = inp[r]
                 ds0[r] = ds
                 base[r] = b
                 asum += b - ds
@@ -531,6 +537,7 @@ def run_instance(
         step_kv_blocks=_ints(log_kv),
         resume_gaps_s=np.frombuffer(resume, dtype=np.float64).copy(),
         kv_blocks=K,
+        free_blocks_at_end=free,
     )
 
 
