@@ -285,7 +285,10 @@ def simulate_cmd(
         "files": [],
     }
     if out is not None:
-        report["files"] = _write(res, out, report, charts, chart_format)
+        try:
+            report["files"] = _write(res, out, report, charts, chart_format)
+        except OSError as exc:
+            raise MoesimError(f"cannot write to {out}: {exc.strerror or exc}") from None
     from moesim.cli._common import print_json
 
     if as_json:
@@ -426,10 +429,15 @@ def _scenario(
     df = run_simulations(loaded, workers=workers, scheduler=scheduler)
     files = []
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         meta = {"scenario": loaded.scenario.name, "scenario_text": loaded.text}
-        files.append(_parquet(df, out / "simulate.parquet", meta).name)
-        files.append(write_atomic(out / "simulate.csv", lambda p: df.to_csv(p, index=False)).name)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            files.append(_parquet(df, out / "simulate.parquet", meta).name)
+            files.append(
+                write_atomic(out / "simulate.csv", lambda p: df.to_csv(p, index=False)).name
+            )
+        except OSError as exc:
+            raise MoesimError(f"cannot write to {out}: {exc.strerror or exc}") from None
     if as_json:
         print_json(
             {

@@ -276,9 +276,16 @@ def _streams(seed: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in seq.spawn(3)]
 
 
+MAX_REQUESTS = 100_000_000  # about 10 GB of per-request state and step log
+
+
 def _check_count(n) -> None:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise MoesimError(f"the number of requests must be a positive integer, got {n!r}")
+    if n > MAX_REQUESTS:
+        raise MoesimError(
+            f"{n:,} requests is more than the {MAX_REQUESTS:,} one run simulates; split the run"
+        )
 
 
 def _check_concurrency(concurrency, ramp_up_s) -> None:
