@@ -151,3 +151,23 @@ def test_scenario_sweep_same_frame_on_dask(tmp_path):
     assert local["slo_attainment"].between(0, 1).all()
     dask = run_simulations(loaded, scheduler="local", workers=2)
     pd.testing.assert_frame_equal(dask, local)
+
+
+def test_shipped_simulation_scenarios_run():
+    """Every shipped scenario with a simulate: section expands, and its first point runs."""
+    from pathlib import Path
+
+    from moesim.plan.sweep import simulate_point
+
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    found = 0
+    for path in sorted(root.glob("*.yaml")):
+        loaded = load_scenario(path)
+        if loaded.scenario.simulate is None:
+            continue
+        found += 1
+        points = simulation_points(loaded)
+        row = simulate_point(loaded, points[0])
+        assert row["feasible"], row["reason"]
+        assert row["completed"] == loaded.scenario.simulate.num_requests
+    assert found >= 1
