@@ -46,6 +46,7 @@ def test_json_files_and_charts(tmp_path):
     assert SUMMARY_KEYS <= set(r), SUMMARY_KEYS - set(r)
     assert r["requests"] == r["completed"] == 300 and r["num_gpus"] == 2
     assert r["ttft_p50_s"] <= r["ttft_p90_s"] <= r["ttft_p99_s"]
+    assert r["percentiles"]["itl_s"]["p99"] == r["itl_p99_s"]
     assert 0 <= r["slo_attainment"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ttft_p99_s"] == r["ttft_p99_s"]

@@ -119,6 +119,13 @@ def summarize(
         res["slo_attainment"] = None
         res["goodput_requests_per_s"] = None
     res.update(occupancy(steps if occupancy_steps is None else occupancy_steps))
+    # The same latencies grouped by metric: {"ttft_s": {"mean": .., "p50": .., ...}, ...}.
+    res["percentiles"] = {
+        f"{key}_s": {
+            stat: res[f"{key}_{stat}_s"] for stat in ("mean", *(f"p{q}" for q in PERCENTILES))
+        }
+        for key in ("ttft", "tpot", "itl", "e2e_latency")
+    }
     return res
 
 
