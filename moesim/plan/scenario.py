@@ -333,6 +333,53 @@ class OutputSpec(_Strict):
     )
 
 
+class SimulateSpec(_Strict):
+    """Request-level simulation (``moesim simulate --scenario``): every point of the layouts x
+    workloads (batch, phase and context_len aside) is simulated at every rate or concurrency."""
+
+    rate_per_s: PositiveAxis | None = Field(
+        None, description="Open loop: arrival rates, requests/s."
+    )
+    concurrency: IntAxis | None = Field(
+        None, description="Closed loop: numbers of clients (with rate_per_s: caps in flight)."
+    )
+    arrival: Literal["poisson", "gamma", "constant"] = Field(
+        "poisson", description="Arrival process."
+    )
+    cv: float = Field(
+        1.0, gt=0, description="Gamma arrivals: coefficient of variation of the gaps."
+    )
+    num_requests: int = Field(1000, ge=1, description="Requests per simulation.")
+    input_len: str | None = Field(
+        None,
+        description="Prompt-length distribution (e.g. 'lognormal:1024:0.5'); default: the workload's input_len.",
+    )
+    output_len: str | None = Field(
+        None, description="Output-length distribution; default: the workload's output_len."
+    )
+    trace: str | None = Field(
+        None, description="Trace file (CSV/JSONL) for lengths and, without a rate, arrivals."
+    )
+    seed: int = Field(0, ge=0, description="Random seed.")
+    engine: Literal["vllm", "sglang", "trtllm"] = Field("vllm", description="Scheduler defaults.")
+    max_num_batched_tokens: IntAxis | None = Field(
+        None, description="Token budgets per step (default: the engine's)."
+    )
+    max_num_seqs: IntAxis | None = Field(None, description="Sequence caps (default: the engine's).")
+    ttft_slo_s: float | None = Field(
+        None, gt=0, description="TTFT SLO for goodput (default: slo.ttft_s)."
+    )
+    tpot_slo_s: float | None = Field(
+        None, gt=0, description="TPOT SLO for goodput (default: slo.tpot_s)."
+    )
+
+    @model_validator(mode="after")
+    def _one_load(self) -> SimulateSpec:
+        if self.rate_per_s is None and self.concurrency is None and self.trace is None:
+            raise ValueError("give rate_per_s, concurrency or a trace with arrival times")
+        return self
+
+
 class Scenario(_Strict):
     """A sweep over models x hardware x layouts x workloads."""
 
@@ -356,6 +403,9 @@ class Scenario(_Strict):
     sweep: SweepSpec = Field(SweepSpec(), description="How the axes combine.")
     slo: SloSpec = Field(SloSpec(), description="Service-level objectives (the meets_slo column).")
     outputs: OutputSpec = Field(OutputSpec(), description="Tables and charts to write.")
+    simulate: SimulateSpec | None = Field(
+        None, description="Request-level simulation of the points (moesim simulate --scenario)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -576,3 +576,209 @@ def _with_progress(plan, total, **kw) -> pd.DataFrame:
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("points", total=total)
         return run_plan(plan, progress=lambda n: bar.advance(task, n), **kw)
+
+
+# ---------------------------------------------------------------------------- simulations
+# Point inputs a request-level simulation depends on (batch, phase and context_len do not).
+SIM_POINT_AXES = (
+    "model",
+    "hardware",
+    "layout_index",
+    "workload_index",
+    "tp",
+    "ep",
+    "pp",
+    "dp",
+    "replicas",
+    "redundant_experts",
+    "offload_fraction",
+    "weight_dtype",
+    "kv_dtype",
+    "act_dtype",
+    "dispatch_dtype",
+    "overlap",
+    "input_len",
+    "output_len",
+    "routing",
+    "capacity_factor",
+    "block_m",
+)
+MAX_SIM_POINTS = 100_000
+SIM_METRICS = (
+    "ttft_mean_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
+    "tpot_mean_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
+    "itl_mean_s", "itl_p50_s", "itl_p90_s", "itl_p99_s",
+    "e2e_latency_mean_s", "e2e_latency_p50_s", "e2e_latency_p90_s", "e2e_latency_p99_s",
+    "request_throughput_per_s", "output_tokens_per_s", "output_tokens_per_s_per_gpu",
+    "total_tokens_per_s_per_gpu", "goodput_requests_per_s", "slo_attainment",
+    "kv_occupancy_mean", "kv_occupancy_max", "mean_decode_batch", "duration_s",
+    "completed", "rejected", "preemptions", "kv_cache_tokens", "num_gpus",
+)  # fmt: skip
+
+
+def simulation_points(loaded: LoadedScenario) -> list[dict]:
+    """The simulations a scenario's ``simulate:`` section asks for, in a fixed order: each
+    distinct point of the plan (batch, phase, context_len aside) x rates or concurrencies x
+    token budgets x sequence caps."""
+    sim = loaded.scenario.simulate
+    if sim is None:
+        return []
+    plan = build_plan(loaded)
+    if plan.size > MAX_SIM_POINTS:
+        raise MoesimError(
+            f"{plan.size:,} points are too many to simulate one by one (at most {MAX_SIM_POINTS:,})"
+        )
+    cols = plan.rows(0, plan.size)
+    keys = np.stack([np.asarray(cols[k], dtype=float) for k in SIM_POINT_AXES], axis=1)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    loads = [
+        {
+            "rate_per_s": None if r is None else float(r),
+            "concurrency": None if c is None else int(c),
+        }
+        for r, c in itertools.product(sim.rate_per_s or (None,), sim.concurrency or (None,))
+    ]
+    points = []
+    for i in np.sort(first):
+        base = {}
+        for k in SIM_POINT_AXES:
+            v = cols[k][i]
+            base[k] = plan.categories[k][int(v)] if k in CATEGORICAL else v.item()
+        for load, budget, cap in itertools.product(
+            loads, sim.max_num_batched_tokens or (None,), sim.max_num_seqs or (None,)
+        ):
+            points.append(base | load | {"max_num_batched_tokens": budget, "max_num_seqs": cap})
+    return points
+
+
+def simulate_point(loaded: LoadedScenario, point: dict) -> dict:
+    """One simulation of a scenario point: the point's inputs and the summary metrics (a point
+    that cannot run is a row with feasible=False and the reason)."""
+    from moesim.cost.ops import RoutingOptions
+    from moesim.engine import traffic as tr
+    from moesim.engine.simulate import engine_defaults, simulate
+    from moesim.spec.deployment import Layout
+
+    sc = loaded.scenario
+    sim = sc.simulate
+    lay = sc.layouts[int(point["layout_index"])]
+    model = loaded.models[loaded.model_labels.index(point["model"])]
+    hw = loaded.hardware[loaded.hardware_labels.index(point["hardware"])]
+    row = dict(point)
+    try:
+        layout = Layout(
+            tp=int(point["tp"]), ep=int(point["ep"]), pp=int(point["pp"]), dp=int(point["dp"]),
+            replicas=int(point["replicas"]), weight_dtype=point["weight_dtype"],
+            kv_dtype=point["kv_dtype"], act_dtype=point["act_dtype"],
+            dispatch_dtype=point["dispatch_dtype"], overlap=point["overlap"],
+            redundant_experts=int(point["redundant_experts"]),
+            offload_fraction=float(point["offload_fraction"]),
+            memory_utilization=lay.memory_utilization, gpus_per_node=lay.gpus_per_node,
+        )  # fmt: skip
+        routing = RoutingOptions(
+            dist=loaded.routing[point["routing"]],
+            block_m=int(point["block_m"]),
+            capacity_factor=point["capacity_factor"],
+        )
+        kw = dict(rate_per_s=point["rate_per_s"], concurrency=point["concurrency"],
+                  arrival=sim.arrival, cv=sim.cv, seed=sim.seed)  # fmt: skip
+        if sim.trace is not None:
+            trace = Path(sim.trace)
+            trace = trace if trace.is_absolute() else loaded.base_dir / trace
+            traffic = tr.from_trace(trace, num_requests=sim.num_requests, **kw)
+        else:
+            traffic = tr.synthetic(
+                sim.num_requests,
+                input_len=sim.input_len or int(point["input_len"]),
+                output_len=sim.output_len or int(point["output_len"]),
+                **kw,
+            )
+        engine = engine_defaults(
+            sim.engine, hw, max_num_batched_tokens=point["max_num_batched_tokens"],
+            max_num_seqs=point["max_num_seqs"],
+        )  # fmt: skip
+        res = simulate(
+            model, hw, layout, traffic, engine=engine, routing=routing,
+            ttft_slo_s=sim.ttft_slo_s or sc.slo.ttft_s, tpot_slo_s=sim.tpot_slo_s or sc.slo.tpot_s,
+        )  # fmt: skip
+    except MoesimError as exc:
+        return row | {"engine": sim.engine, "feasible": False, "reason": str(exc)}
+    s = res.summary
+    row.update(engine=s["engine"], max_num_batched_tokens=s["max_num_batched_tokens"],
+               max_num_seqs=s["max_num_seqs"])  # fmt: skip
+    row |= {k: (np.nan if s.get(k) is None else s[k]) for k in SIM_METRICS}
+    return row | {"feasible": True, "reason": ""}
+
+
+def run_simulations(
+    loaded: LoadedScenario, *, workers: int = 1, scheduler: str | None = None
+) -> pd.DataFrame:
+    """Every simulation of the scenario's ``simulate:`` section as one tidy frame (one row per
+    simulation, in :func:`simulation_points` order). Simulations run in this process, in a local
+    process pool (``workers``) or on a Dask cluster (``scheduler``); the frame is the same."""
+    points = simulation_points(loaded)
+    if scheduler:
+        rows = _simulate_dask(loaded, points, scheduler, workers)
+    elif workers > 1 and len(points) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            rows = list(pool.map(simulate_point, [loaded] * len(points), points))
+    else:
+        rows = [simulate_point(loaded, p) for p in points]
+    return simulation_frame(rows)
+
+
+def _simulate_dask(loaded, points, scheduler, workers) -> list[dict]:
+    import logging
+
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise MoesimError(
+            "--scheduler needs dask[distributed]: pip install 'moesim[dask]'"
+        ) from None
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=max(workers, 1), threads_per_worker=1, processes=True,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        )  # fmt: skip
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise MoesimError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    try:
+        [scenario] = client.scatter([loaded], broadcast=True)
+        futures = [client.submit(simulate_point, scenario, p, pure=False) for p in points]
+        return [f.result() for f in futures]  # in point order, whatever finished first
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def simulation_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows of :func:`simulate_point` as a frame with a fixed column order and dtypes."""
+    if not rows:
+        return pd.DataFrame(
+            columns=["model", "hardware", "layout", *SIM_METRICS, "feasible", "reason"]
+        )
+    df = pd.DataFrame(rows)
+    df["rate_per_s"] = pd.to_numeric(df["rate_per_s"]).astype(float)
+    df["concurrency"] = pd.array(df["concurrency"], dtype="Int64")
+    for k in SIM_METRICS:
+        if k not in df.columns:
+            df[k] = np.nan
+    df["layout"] = layout_names({k: df[k].to_numpy() for k in ("tp", "ep", "pp", "dp", "replicas")})
+    for k in ("tp", "ep", "pp", "dp", "replicas", "redundant_experts", "input_len", "output_len"):
+        df[k] = df[k].astype(np.int64)
+    inputs = [c for c in df.columns if c not in SIM_METRICS and c not in ("feasible", "reason")]
+    order = ["model", "hardware", "layout"] + [
+        c for c in inputs if c not in ("model", "hardware", "layout")
+    ]
+    return df[order + list(SIM_METRICS) + ["feasible", "reason"]].reset_index(drop=True)
