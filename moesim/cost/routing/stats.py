@@ -44,7 +44,7 @@ class RoutingStats:
     max_load_ratio: np.ndarray  # max_gpu_load/mean_gpu_load
     padded_assignments: np.ndarray  # E[Σ_e ceil(n_e/BM)·BM], whole layer
     padded_assignments_max_gpu: np.ndarray  # the same on the straggler GPU
-    padding_waste: np.ndarray  # padded/A − 1
+    padding_waste: np.ndarray  # padded/A − 1: an overhead ratio (0.25 = 20% of rows are padding)
     dropped_assignments: np.ndarray  # E[Σ_e (n_e − capacity)^+]
     drop_rate: np.ndarray  # dropped/A
     remote_gpus_per_token: np.ndarray  # E[#distinct GPUs other than the token's own it sends to]
