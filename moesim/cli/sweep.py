@@ -91,7 +91,8 @@ def describe_point(row) -> str:
 
     parts = [f"{row['model']} on {row['hardware']}"]
     family = row.get("layout_family")
-    lay = f"layout {row['layout']}" + (f" ({family})" if family and str(family) != "nan" else "")
+    named = family and str(family) not in ("nan", "None") and not str(family).startswith("#")
+    lay = f"layout {row['layout']}" + (f" ({family})" if named else "")
     parts.append(f"{lay}, {fmt(row['num_gpus'])} GPUs")
     if int(row.get("replicas", 1)) > 1:
         parts.append(f"{int(row['replicas'])} replicas")
@@ -117,7 +118,6 @@ def describe_point(row) -> str:
 
 def cheapest_summary(df, slo: dict) -> list[str]:
     """Lines naming the cheapest point that meets every SLO set (never one that violates it)."""
-    from moesim.cli._common import fmt
 
     slo = {k: v for k, v in (slo or {}).items() if v is not None}
     if not len(df) or not df["feasible"].any():
@@ -128,7 +128,7 @@ def cheapest_summary(df, slo: dict) -> list[str]:
         row = ok.loc[ok["usd_per_million_output_tokens"].idxmin()]
         return [
             f"[red]no point meets the SLO ({_slo_text(slo)})[/]; the cheapest feasible point "
-            f"has TTFT {fmt(row['ttft_s'])} s, TPOT {fmt(row['tpot_s'] * 1e3)} ms: "
+            f"has TTFT {row['ttft_s']:,.3g} s, TPOT {row['tpot_s'] * 1e3:,.3g} ms: "
             + describe_point(row)
         ]
     row = pool.loc[pool["usd_per_million_output_tokens"].idxmin()]
@@ -138,9 +138,9 @@ def cheapest_summary(df, slo: dict) -> list[str]:
         else ("cheapest feasible point (the scenario sets no SLO)")
     )
     return [
-        f"{head}: ${fmt(row['usd_per_million_output_tokens'])} per million output tokens, "
-        f"TTFT {fmt(row['ttft_s'])} s, TPOT {fmt(row['tpot_s'] * 1e3)} ms, "
-        f"{fmt(row['output_tokens_per_s_per_gpu'])} tok/s/GPU, "
-        f"{fmt(row['memory_bytes_per_gpu'] / 1e9)} GB/GPU",
+        f"{head}: ${row['usd_per_million_output_tokens']:,.4f} per million output tokens, "
+        f"TTFT {row['ttft_s']:,.3g} s, TPOT {row['tpot_s'] * 1e3:,.3g} ms, "
+        f"{row['output_tokens_per_s_per_gpu']:,.0f} tok/s/GPU, "
+        f"{row['memory_bytes_per_gpu'] / 1e9:,.1f} GB/GPU",
         "  " + describe_point(row),
     ]

@@ -341,11 +341,11 @@ def pareto_frame(df: pd.DataFrame, color: str = "hardware", max_points: int = 40
     if "weight_dtype" in ok:
         label = label + " " + ok["weight_dtype"].astype(str)
     ok["point_label"] = label + " B" + ok["batch"].astype(int).astype(str)
-    # name at most 6 points of a frontier (its ends and evenly between) so labels stay legible
+    # name at most 4 points of a frontier (its ends and evenly between) so labels stay legible
     ok["labelled"] = False
     for _, g in ok[ok["frontier"]].groupby(["panel", "series"], observed=True):
         g = g.sort_values("output_tokens_per_s_per_user")
-        pick = np.unique(np.linspace(0, len(g) - 1, min(len(g), 6)).round().astype(int))
+        pick = np.unique(np.linspace(0, len(g) - 1, min(len(g), 4)).round().astype(int))
         ok.loc[g.index[pick], "labelled"] = True
     rest = ok[~ok["frontier"]]
     if len(rest) > max_points:
@@ -422,10 +422,10 @@ def pareto_chart(df: pd.DataFrame, color: str = "hardware", title: str | None = 
     )
     panels = pts["panel"].nunique()
     subtitle = "faint: every feasible point; bold: the Pareto frontier of each series; labels: "
-    subtitle += "layout, weight format, batch (up to 6 per frontier; all in the tooltip)"
+    subtitle += "layout, weight format, batch (up to 4 per frontier; all in the tooltip)"
     if panel_axes:
         layered = layered.facet(
-            facet=alt.Facet("panel:N", title=" · ".join(panel_axes)),
+            facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=11)),
             columns=min(panels, 2),
         )
         subtitle += f"; one panel per {' x '.join(panel_axes)}"

@@ -61,6 +61,18 @@ def varying(df: pd.DataFrame, axes=CONDITION_AXES) -> list[str]:
     return out
 
 
+SHORT_NAMES = {
+    "redundant_experts": "redundant",
+    "dispatch_dtype": "dispatch",
+    "capacity_factor": "capacity",
+    "offload_fraction": "offload",
+    "input_len": "in",
+    "output_len": "out",
+    "kv_dtype": "KV",
+    "act_dtype": "act",
+}
+
+
 def condition_label(df: pd.DataFrame, axes: list[str]) -> pd.Series:
     """'routing=zipf:1.2 · capacity_factor=1.25' per row, from ``axes`` (empty when none);
     missing values read 'none'."""
@@ -76,7 +88,9 @@ def condition_label(df: pd.DataFrame, axes: list[str]) -> pd.Series:
             else str(v)
         )
 
-    cols = [df[a].astype(object).map(lambda v, a=a: f"{a}={text(v)}") for a in axes]
+    cols = [
+        df[a].astype(object).map(lambda v, a=a: f"{SHORT_NAMES.get(a, a)}={text(v)}") for a in axes
+    ]
     return pd.Series([" · ".join(parts) for parts in zip(*cols, strict=True)], index=df.index)
 
 
@@ -112,5 +126,5 @@ def style(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
         chart.configure_axis(labelFontSize=11, titleFontSize=12)
         .configure_legend(labelFontSize=11, titleFontSize=12, labelLimit=260)
         .configure_title(fontSize=14, anchor="start", subtitleFontSize=11, subtitleColor="#555")
-        .configure_header(labelFontSize=12, titleFontSize=12, labelLimit=400)
+        .configure_header(labelFontSize=12, titleFontSize=12, labelLimit=0)
     )
