@@ -14,6 +14,7 @@ from moesim.cost.ops import routing_options  # noqa: F401 (public here since 0.1
 from moesim.errors import MoesimError
 from moesim.spec import resolve  # noqa: F401 (public here since 0.1)
 from moesim.spec.deployment import Layout
+from moesim.spec.dtypes import resolve_formats
 
 
 def build_layout(
@@ -27,16 +28,19 @@ def build_layout(
     replicas=1,
     nodes=None,
     gpus_per_node=None,
-    dtype="bf16",
-    kv_dtype="bf16",
+    dtype=None,
+    kv_dtype=None,
     dispatch_dtype="bf16",
     overlap="none",
     redundant_experts=0,
     offload=0.0,
 ) -> tuple[Layout, list[str]]:
     """A Layout from CLI-style integers. With ``nodes``, the GPU count nodes x gpus_per_node must
-    match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention)."""
-    _, hw = resolve(model, hardware)
+    match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention).
+    ``dtype`` / ``kv_dtype`` None take the checkpoint's own formats (:func:`resolve_formats`);
+    formats no engine runs on the chip are refused."""
+    m, hw = resolve(model, hardware)
+    formats = resolve_formats(m, hw, dtype, kv_dtype)
     notes = []
     if nodes is not None:
         per_node = gpus_per_node or hw.gpus_per_node
@@ -59,8 +63,8 @@ def build_layout(
         pp=pp,
         dp=dp,
         replicas=replicas,
-        weight_dtype=dtype,
-        kv_dtype=kv_dtype,
+        weight_dtype=formats.weight_dtype,
+        kv_dtype=formats.kv_dtype,
         dispatch_dtype=dispatch_dtype,
         overlap=overlap,
         redundant_experts=redundant_experts,
@@ -165,8 +169,30 @@ def run_prediction(
         "output_len": output_len,
         "routing": routing if isinstance(routing, str) else getattr(routing, "name", "custom"),
         "calibration": hw.efficiency.source,
+        "formats": _formats(m, hw, layout),
     }
-    return head | squeeze(res)
+    out = head | squeeze(res)
+    if m.is_moe:
+        if "padding_waste" in out:  # the old name, kept: padded/useful - 1, not a fraction
+            out["padding_overhead"] = out["padding_waste"]
+    else:
+        for key in MOE_ONLY_KEYS:  # a dense model has no routing to report
+            out.pop(key, None)
+    return out
+
+
+MOE_ONLY_KEYS = ("max_load_ratio", "active_experts", "padding_waste", "drop_rate")
+
+
+def _formats(m, hw, layout) -> dict:
+    """Which formats ran, for the output: origin is 'checkpoint' when they are the model's own."""
+    native = m.native_format
+    weight = None if layout.weight_dtype == native.weight_dtype else layout.weight_dtype
+    kv = None if layout.kv_dtype == native.kv_dtype else layout.kv_dtype
+    try:
+        return resolve_formats(m, hw, weight, kv).to_dict()
+    except MoesimError as exc:  # a Layout built by hand with a refused format: say so
+        return {"weight_dtype": layout.weight_dtype, "kv_dtype": layout.kv_dtype, "error": str(exc)}
 
 
 def squeeze(obj):

@@ -9,102 +9,100 @@
 # ---
 
 # %% [markdown]
-# # Calibration report: measured vs predicted kernel times
+# # Calibration report: how well does a measured profile predict kernels it never saw?
 #
-# Loads a measurement folder written by `moesim profile` (the first of
-# `hwprofiles/measurements/*`, else `tests/data/measurements_cpu/`), predicts every measured
-# kernel with the matching hardware profile's calibrated roofline, and plots one against the other.
+# A measured profile (`hwprofiles/<gpu>.measured.yaml`) is fitted by `moesim calibrate` to the
+# kernel timings `moesim profile` took on that GPU (`hwprofiles/measurements/<gpu>/`). The fit
+# holds out a fixed fifth of the shapes (chosen by a seeded hash). This notebook scores every
+# measured profile that ships on exactly those held-out shapes, next to the uncalibrated
+# datasheet profile of the same GPU on the same rows, the same numbers
+# `moesim validate DIR --profile PROFILE --heldout-only` prints.
 
 # %%
 from pathlib import Path
 
-import numpy as np
+import altair as alt
+import pandas as pd
 
-from moesim.plots.charts import load_measurements
+from moesim.calibrate.validate import scored_rows, validate
+from moesim.spec.hardware import list_hardware, load_hardware, profile_dirs
 
-root = Path.cwd()
-while not (root / "pyproject.toml").exists() and root != root.parent:
-    root = root.parent
-candidates = sorted(p for p in (root / "hwprofiles" / "measurements").glob("*") if p.is_dir())
-candidates += [root / "tests" / "data" / "measurements_cpu"]
-folder = next((p for p in candidates if p.is_dir() and any(p.glob("*.csv"))), None)
-measured = load_measurements(folder) if folder else None
-if measured is None or measured.empty:
-    print("No measurements found (run `moesim profile` on a device first); nothing to report.")
-else:
-    print(f"{len(measured)} measured kernels from {folder}")
+alt.renderers.enable("png", scale_factor=1.5)  # charts as images: they show in any viewer
+
+profiles = []  # (profile name, GPU, measurement folder) for every shipped measured profile
+for hw_dir in profile_dirs():
+    for path in sorted(Path(hw_dir).glob("*.measured.yaml")):
+        name = path.name.removesuffix(".yaml")
+        gpu = name.split(".")[0]
+        folder = Path(hw_dir) / "measurements" / gpu
+        if folder.is_dir() and any(folder.glob("*.csv")):
+            profiles.append((name, gpu, folder))
+print("measured profiles with their measurements:", [p[0] for p in profiles] or "none")
+
+# %% [markdown]
+# Held-out error per kernel class, `|predicted - measured| / measured`: the measured profile
+# against the datasheet profile it was fitted from.
+
 
 # %%
-if measured is not None and not measured.empty:
-    import altair as alt
+def heldout_table(name: str, gpu: str, folder: Path) -> pd.DataFrame:
+    held = scored_rows(folder, name, heldout_only=True)
+    rows = []
+    datasheet = None
+    if gpu in list_hardware():
+        every = scored_rows(folder, gpu)
+        key = ["fit_class", "shape_key", "impl", "dtype"]
+        datasheet = held[key].merge(every[[*key, "error"]], on=key, how="left")
+    for cls, g in held.groupby("fit_class"):
+        row = {
+            "profile": name,
+            "class": cls,
+            "held-out shapes": len(g),
+            "median error": g["error"].median(),
+            "max error": g["error"].max(),
+        }
+        if datasheet is not None:
+            row["datasheet median error"] = datasheet.loc[
+                datasheet["fit_class"] == cls, "error"
+            ].median()
+        rows.append(row)
+    return pd.DataFrame(rows)
 
-    from moesim.cost.roofline import RooflineParams, op_time_s
-    from moesim.spec.hardware import list_hardware, load_hardware
 
-    name = folder.name if folder.name in list_hardware() else "h100-sxm"
-    hw = load_hardware(name)
-    dtype = (
-        measured["dtype"].where(measured["dtype"].isin(list(hw.peak_flops_per_s)), "bf16")
-        if "dtype" in measured
-        else "bf16"
-    )
-    measured["dtype"] = dtype
-    predicted = []
-    for (kclass, dt), g in measured.groupby(["kernel_class", "dtype"]):
-        known = kclass in (
-            "gemm",
-            "grouped_gemm",
-            "attention_prefill",
-            "attention_decode",
-            "memory",
+tables = [heldout_table(*p) for p in profiles]
+summary = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+if len(summary):
+    display(  # noqa: F821 (the notebook's display)
+        summary.style.format({c: "{:.1%}" for c in summary.columns if "error" in c}).hide(
+            axis="index"
         )
-        params = RooflineParams.from_efficiency(
-            hw.efficiency.for_class(kclass if known else "memory"), dt
-        )
-        t = op_time_s(
-            g["flops"],
-            g["hbm_bytes"],
-            peak_flops_per_s=hw.peak(dt),
-            hbm_bytes_per_s=hw.hbm_bandwidth_bytes_per_s,
-            params=params,
-        )
-        predicted.append(g.assign(predicted_s=np.asarray(t)))
-    report = __import__("pandas").concat(predicted)
-    report["error_pct"] = (report["predicted_s"] / report["median_s"] - 1) * 100
-    print(
-        report.groupby("kernel_class")["error_pct"]
-        .agg(lambda e: np.mean(np.abs(e)))
-        .rename("mean |error| %")
-        .round(1)
-    )
-    lim = [
-        float(min(report["median_s"].min(), report["predicted_s"].min())) / 1.5,
-        float(max(report["median_s"].max(), report["predicted_s"].max())) * 1.5,
-    ]
-    diag = (
-        alt.Chart(__import__("pandas").DataFrame({"x": lim, "y": lim}))
-        .mark_line(color="#888", strokeDash=[4, 4])
-        .encode(x="x:Q", y="y:Q")
-    )
-    pts = (
-        alt.Chart(report)
-        .mark_circle(size=40, opacity=0.7)
-        .encode(
-            x=alt.X("median_s:Q", scale=alt.Scale(type="log", domain=lim), title="measured (s)"),
-            y=alt.Y(
-                "predicted_s:Q",
-                scale=alt.Scale(type="log", domain=lim),
-                title=f"predicted on {hw.name} (s)",
-            ),
-            color="kernel_class:N",
-            tooltip=["kernel_class:N", "shape_key:N", "median_s:Q", "predicted_s:Q"]
-            if "shape_key" in report
-            else ["kernel_class:N"],
-        )
-    )
-    chart = alt.layer(diag, pts).properties(
-        width=420, height=360, title="Measured vs predicted kernel time"
     )
 else:
-    chart = None
-chart  # noqa: B018 (the notebook displays it)
+    print("No measured profile ships with its measurements; run `moesim profile` first.")
+
+# %% [markdown]
+# Whole decoder layers (`layer.csv`: attention + MoE timed end to end) are never part of the
+# fit, so every row is a held-out check.
+
+# %%
+for name, _, folder in profiles:
+    report = validate(folder, name, heldout_only=True)
+    if "layers" in report:
+        lay = report["layers"]
+        print(
+            f"{name}: {lay['n']} decoder layers ({lay['impl']}), median error "
+            f"{lay['median_abs_error']:.1%}, max {lay['max_abs_error']:.1%}"
+        )
+
+# %% [markdown]
+# Each held-out kernel on the roofline of its GPU (left) and predicted against measured time
+# (right; the grey band is within 20%).
+
+# %%
+from moesim.plots.calibration import validation_chart  # noqa: E402
+
+charts = [
+    validation_chart(scored_rows(folder, name, heldout_only=True), load_hardware(name))
+    for name, _, folder in profiles
+]
+charts[0] if charts else None

@@ -11,98 +11,121 @@
 # %% [markdown]
 # # Capacity planning: which layout serves my model within the SLO, and what does it cost?
 #
-# Pick a model, a GPU and a service-level objective; sweep the layouts and batch sizes that
-# could serve it, keep the points that meet the SLO, and sort them by dollars per million
-# output tokens.
+# Pick a model, the GPUs you can rent, a service-level objective and an arrival rate. The
+# planner searches every layout (tensor, expert, pipeline and data parallel, one or separate
+# prefill and decode pools) and batch, sizes the fleet to the rate, and ranks what meets the
+# SLO by dollars per million output tokens. Change the four settings below and re-run.
 
 # %%
-import tempfile
-from pathlib import Path
+import altair as alt
+import pandas as pd
 
-from moesim.plan.scenario import build_plan, load_scenario
-from moesim.plan.sweep import run_plan
-from moesim.plots.charts import pareto_chart
+from moesim.plan.planner import plan
+from moesim.plots.planner import planner_chart
 
-MODEL, HARDWARE = "mixtral-8x7b", "h100-sxm"
-SLO = {"ttft_s": 1.5, "tpot_s": 0.04}
+MODEL = "mixtral-8x7b"
+HARDWARE = ["h100-sxm", "h200"]
+SLO = {"ttft_s": 1.5, "tpot_s": 0.04}  # seconds
+RATE, INPUT_LEN, OUTPUT_LEN = 20.0, 2048, 512  # requests/s, tokens
 
-# %%
-scenario = f"""
-name: plan-{MODEL}
-models: [{MODEL}]
-hardware: [{HARDWARE}, h200]
-layouts:
-  - tp: [1, 2, 4, 8]
-    weight_dtype: [bf16, fp8]
-    replicas: [1, 2]
-workloads:
-  - batch: {{start: 1, stop: 1024, num: 11, log: true}}
-    input_len: 2048
-    output_len: 512
-slo: {{ttft_s: {SLO["ttft_s"]}, tpot_s: {SLO["tpot_s"]}}}
-"""
-path = Path(tempfile.mkdtemp()) / "plan.yaml"
-path.write_text(scenario)
-plan = build_plan(load_scenario(path))
-df = run_plan(plan)
+result = plan(
+    MODEL,
+    HARDWARE,
+    ttft_slo=SLO["ttft_s"],
+    tpot_slo=SLO["tpot_s"],
+    rate=RATE,
+    input_len=INPUT_LEN,
+    output_len=OUTPUT_LEN,
+    max_gpus=64,
+    top=8,
+)
 print(
-    f"{len(df):,} points, {int(df['feasible'].sum()):,} feasible, {int(df['meets_slo'].sum()):,} meet the SLO"
+    f"{result.evaluated:,} plans evaluated, {result.feasible:,} meet TTFT <= {SLO['ttft_s']} s "
+    f"and TPOT <= {SLO['tpot_s']} s at {RATE:g} req/s ({result.elapsed_s:.2f} s)"
 )
 
-# %% [markdown]
-# The cheapest points that meet the SLO — layout, batch, and the bill.
-
-# %%
-cols = [
-    "hardware",
-    "layout",
-    "weight_dtype",
-    "batch",
-    "num_gpus",
-    "ttft_s",
-    "tpot_s",
-    "output_tokens_per_s_per_gpu",
-    "usd_per_million_output_tokens",
-]
-best = df[df["meets_slo"]].sort_values("usd_per_million_output_tokens")[cols]
-best.head(10)
-
-# %%
-pick = best.iloc[0]
-print(
-    f"Serve {MODEL} on {pick['num_gpus']} x {pick['hardware']} ({pick['layout']}, {pick['weight_dtype']}), "
-    f"batch {pick['batch']}: TTFT {pick['ttft_s']:.2f} s, TPOT {pick['tpot_s'] * 1e3:.1f} ms, "
-    f"${pick['usd_per_million_output_tokens']:.3f} per million output tokens."
-)
+alt.renderers.enable("png", scale_factor=1.5)  # charts as images: they show in any viewer
 
 # %% [markdown]
-# Every feasible point and the frontier of throughput per GPU against speed per user.
+# The cheapest plans. *Layout* reads `tp2ep8dp4`: tensor-parallel 2, expert-parallel 8,
+# data-parallel attention 4; `x3` is three copies behind a load balancer. Plans that differ
+# only in a detail that does not change cost (EP 2 vs 4 over the same GPUs) are folded into
+# the first; *alike* counts them.
+
 
 # %%
-pareto_chart(df, color="hardware", title=f"{MODEL}: throughput vs interactivity")
+def layout(p: dict) -> str:
+    text = f"tp{p['tp']}" + "".join(f"{k}{p[k]}" for k in ("ep", "pp", "dp") if p[k] > 1)
+    return text + f" x{p['replicas']}"
 
-# %% [markdown]
-# The planner answers the same question for an arrival rate: it sizes replicas (or separate
-# prefill and decode pools) so that the whole fleet meets the SLO at that rate.
 
-# %%
-try:
-    from moesim.plan.planner import plan as plan_fleet
-except ImportError:
-    plan_fleet = None
-if plan_fleet is None:
-    print("moesim.plan.planner is not available in this install; the sweep above is the plan.")
-else:
-    result = plan_fleet(
-        MODEL,
-        [HARDWARE, "h200"],
-        ttft_slo=SLO["ttft_s"],
-        tpot_slo=SLO["tpot_s"],
-        rate=20.0,
-        input_len=2048,
-        output_len=512,
-        max_gpus=32,
-        top=3,
+rows = []
+for p in result.best:
+    lay = layout(p)
+    if p["mode"] == "disaggregated":
+        lay = f"prefill {layout(p['prefill'])} + decode {lay}"
+    rows.append(
+        {
+            "hardware": p["hardware"],
+            "mode": p["mode"],
+            "layout": lay,
+            "GPUs": p["gpus"],
+            "batch": p["batch"],
+            "TTFT (ms)": p["ttft_s"] * 1e3,
+            "TPOT (ms)": p["tpot_s"] * 1e3,
+            "tok/s per GPU": p["output_tokens_per_s_per_gpu"],
+            "tok/s per user": p["output_tokens_per_s_per_user"],
+            "$ / M output tok": p["usd_per_million_output_tokens"],
+            "$ / hour": p["usd_per_hour"],
+            "bound by": p["bound"],
+            "alike": len(p.get("similar_layouts", [])),
+        }
     )
-    for p in result.best:
-        print({k: p[k] for k in list(p)[:10]})
+plans = pd.DataFrame(rows)
+plans.style.format(
+    {
+        "TTFT (ms)": "{:,.0f}",
+        "TPOT (ms)": "{:,.1f}",
+        "tok/s per GPU": "{:,.0f}",
+        "tok/s per user": "{:,.1f}",
+        "$ / M output tok": "${:,.3f}",
+        "$ / hour": "${:,.2f}",
+    }
+).hide(axis="index")
+
+# %%
+best = result.best[0]
+print(
+    f"Cheapest: {best['gpus']} x {best['hardware']} ({best['mode']}, {rows[0]['layout']}), "
+    f"TTFT {best['ttft_s'] * 1e3:,.0f} ms, TPOT {best['tpot_s'] * 1e3:.1f} ms, "
+    f"${best['usd_per_million_output_tokens']:.3f} per million output tokens, "
+    f"${best['usd_per_hour']:,.2f} per hour. Bound by: {best['bound']}."
+)
+
+# %% [markdown]
+# Every plan that fits in memory, throughput per GPU against speed per user: the bright points
+# meet the SLO, the dashed line is the Pareto frontier, the red diamond is the cheapest plan
+# and the grey rule is the TPOT SLO.
+
+# %%
+planner_chart(result)
+
+# %% [markdown]
+# To deploy the cheapest plan, `moesim plan ... --emit vllm` (or `sglang`, `trtllm`,
+# `dynamo`) prints its launch command with the engine's own flags:
+
+# %%
+from moesim.plan.emit import emit  # noqa: E402
+from moesim.spec import resolve  # noqa: E402
+from moesim.spec.dtypes import resolve_formats  # noqa: E402
+
+model, hw = resolve(MODEL, best["hardware"].split("+")[-1])
+launch = emit(
+    "vllm",
+    best,
+    model_id="mistralai/Mixtral-8x7B-v0.1",
+    formats=resolve_formats(model, hw).to_dict(),
+    gpus_per_node=hw.gpus_per_node,
+    max_model_len=INPUT_LEN + OUTPUT_LEN,
+)
+print(launch.text())

@@ -17,10 +17,13 @@
 # (same attention, one FFN with the same active parameters per token).
 
 # %%
+import altair as alt
 import numpy as np
 
 from moesim.api import resolve
 from moesim.plots.charts import dense_vs_moe_chart, fragmentation_curve
+
+alt.renderers.enable("png", scale_factor=1.5)  # charts as images: they show in any viewer
 
 moe, hw = resolve("qwen3-30b-a3b", "h100-sxm")
 batches = np.unique(np.geomspace(1, 16384, 29).round())

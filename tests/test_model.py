@@ -190,8 +190,11 @@ def test_contradicting_alias_rejected():
 
 
 def test_unknown_hf_keys_ignored():
-    cfg = {**TINY, "rope_scaling": {"type": "yarn"}, "torch_dtype": "bfloat16"}
+    cfg = {**TINY, "rope_scaling": {"type": "yarn"}, "use_cache": True}
     assert ModelSpec.from_hf_config(cfg, name="tiny") == small_spec()
+    # torch_dtype is kept: it is the checkpoint's storage format
+    typed = ModelSpec.from_hf_config({**cfg, "torch_dtype": "bfloat16"}, name="tiny")
+    assert typed.torch_dtype == "bfloat16"
 
 
 def test_qwen_sliding_window_unused_and_mlp_only_layers():

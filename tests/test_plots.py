@@ -90,3 +90,101 @@ def test_roofline_with_measured_points(tmp_path):
         charts.roofline_chart(res, hw, measured=measured), tmp_path / "roof", formats=("png",)
     )
     assert _is_png(written[0])
+
+
+# ---------------------------------------------------------------- what the charts must show
+def _routing_skew_frame():
+    from pathlib import Path
+
+    from moesim.plan.scenario import build_plan, load_scenario
+    from moesim.plan.sweep import run_plan
+
+    root = Path(__file__).resolve().parents[1]
+    return run_plan(build_plan(load_scenario(root / "scenarios" / "routing-skew.yaml")))
+
+
+def _walk(spec, key):
+    """Every mapping under ``key`` anywhere in a Vega-Lite spec."""
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            if k == key and isinstance(v, dict):
+                yield v
+            yield from _walk(v, key)
+    elif isinstance(spec, list):
+        for v in spec:
+            yield from _walk(v, key)
+
+
+def test_pareto_never_merges_conditions():
+    df = _routing_skew_frame()
+    pts = charts.pareto_frame(df, color="layout")
+    # routing (4) x capacity factor (2) vary: one panel each, a frontier per layout in each
+    assert pts.attrs["panel_axes"] == ["routing", "capacity_factor"]
+    assert pts["panel"].nunique() == 8
+    front = pts[pts["frontier"]]
+    assert front.groupby("panel")["series"].nunique().eq(2).all()
+    # a frontier point is labelled with its layout, weight format and batch
+    assert front["point_label"].str.fullmatch(r"tp\d+(ep\d+)?(dp\d+)? bf16 B\d+").all()
+    spec = charts.pareto_chart(df, color="layout").to_dict()
+    assert any(f.get("field") == "panel" for f in _walk(spec, "facet"))
+
+
+def test_operator_kind_colours_are_fixed_across_charts():
+    from moesim.api import predict
+    from moesim.plots.style import KIND_COLORS, KIND_ORDER
+
+    res = predict("mixtral-8x7b", "h100-sxm", tp=2, batch=8, breakdown=True)
+    _, hw = resolve("mixtral-8x7b", "h100-sxm")
+    for chart in (charts.roofline_chart(res, hw), charts.latency_breakdown_chart(res)):
+        scales = [c["scale"] for c in _walk(chart.to_dict(), "color") if c.get("field") == "kind"]
+        assert scales and all(s == {"domain": KIND_ORDER, "range": KIND_COLORS} for s in scales)
+
+
+def test_memory_chart_draws_the_usable_limit_per_hardware():
+    from moesim.plan.sweep import run_scenario
+
+    df, _ = run_scenario(
+        __import__("pathlib").Path(__file__).resolve().parents[1]
+        / "scenarios"
+        / "mixtral-h100-vs-h200.yaml",
+        None,
+        charts=False,
+    )
+    chart = charts.memory_breakdown_chart(df, memory_utilization=0.8)
+    data = chart.data
+    assert set(data["panel"]) == {"mixtral-8x7b on h100-sxm", "mixtral-8x7b on h200"}
+    usable = data.groupby("panel")["usable_GB"].first()
+    assert usable["mixtral-8x7b on h100-sxm"] == pytest.approx(80 * 0.8)
+    assert usable["mixtral-8x7b on h200"] == pytest.approx(141 * 0.8)
+    # bf16 and fp8 of the same layout are separate bars
+    assert {"tp2 bf16, batch 128", "tp2 fp8, batch 256"} <= set(data["label"])
+
+
+def test_log_ticks_are_few_and_inside_the_range():
+    from moesim.plots.style import decades
+
+    for lo, hi in ((38, 70), (80, 600), (1e-6, 1.0), (1, 16384), (2e-6, 3e-3)):
+        ticks = decades(lo, hi)
+        assert 3 <= len(ticks) <= 8 or (hi / lo > 1e3 and len(ticks) >= 2)
+        assert all(lo <= t <= hi for t in ticks) and ticks == sorted(ticks)
+
+
+def test_expert_load_colours_every_gpu():
+    from moesim.plots.routing import expert_load_chart
+
+    chart = expert_load_chart(None, 4096, 8, 256, 32, "zipf:1.2")
+    domains = [
+        c["scale"]["domain"]
+        for c in _walk(chart.to_dict(), "color")
+        if c.get("field") == "gpu" and "scale" in c
+    ]
+    assert domains and all(d == [str(g) for g in range(32)] for d in domains)
+
+
+def test_html_is_self_contained(tmp_path):
+    model, hw = resolve("mixtral-8x7b", "h100-sxm")
+    curve = charts.fragmentation_curve(model, hw, [1, 64], routings=("uniform",))
+    (html,) = save_chart(charts.dense_vs_moe_chart(curve), tmp_path / "c", formats=("html",))
+    text = html.read_text()
+    assert "cdn.jsdelivr" not in text and 'src="http' not in text
+    assert "vegaEmbed" in text and len(text) > 200_000  # Vega, Vega-Lite and vega-embed inline

@@ -11,8 +11,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-# Piped output (files, CI logs) gets a wide console so tables are not squeezed to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Piped output (files, CI logs) gets 100 columns: tables are laid out to fit that width.
+console = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -6,11 +6,23 @@ import typer
 
 ORDER = 50
 
+from moesim.cli.predict import (  # noqa: E402 (shared option texts)
+    DTYPE_HELP,
+    GPU_MEMORY_HELP,
+    KV_DTYPE_HELP,
+    PRICE_HELP,
+    with_price,
+)
+
 
 def register(app: typer.Typer) -> None:
+    from moesim.cli.predict import LAYOUT_HELP
+
     app.command(
         "plan",
-        help="Search layouts (TP x EP x PP x DP x batch; aggregated, disaggregated, offload) for the cheapest that meet the SLOs at a request rate.",
+        help="Search layouts (TP x EP x PP x DP x batch; aggregated, disaggregated, offload) "
+        "for the cheapest that meet the SLOs at a request rate; --emit prints the engine launch "
+        "command of the cheapest. " + LAYOUT_HELP,
     )(plan_cmd)
 
 
@@ -35,10 +47,8 @@ def plan_cmd(
     max_gpus: int = typer.Option(
         64, "--max-gpus", min=1, help="Most GPUs the whole fleet may use."
     ),
-    dtype: str = typer.Option("bf16", "--dtype", help="Weight dtype: bf16, fp16, fp8, fp4."),
-    kv_dtype: str | None = typer.Option(
-        None, "--kv-dtype", help="KV-cache dtype (default: --dtype)."
-    ),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    kv_dtype: str | None = typer.Option(None, "--kv-dtype", help=KV_DTYPE_HELP),
     routing: str = typer.Option(
         "uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"
     ),
@@ -51,26 +61,58 @@ def plan_cmd(
     chart: str | None = typer.Option(
         None, "--chart", help="Write the throughput/interactivity chart to STEM.html/.svg/.png."
     ),
+    price_usd_per_hour: float | None = typer.Option(
+        None, "--price-usd-per-hour", min=0.0, help=PRICE_HELP + " Applies to every --hardware."
+    ),
+    gpu_memory_utilization: float = typer.Option(
+        0.90, "--gpu-memory-utilization", min=0.01, max=1.0, help=GPU_MEMORY_HELP
+    ),
+    emit: str | None = typer.Option(
+        None,
+        "--emit",
+        help="Print the launch command of the cheapest plan for vllm, sglang, trtllm or dynamo "
+        "(stdout gets only the script; the plan goes to stderr).",
+    ),
+    pick: int = typer.Option(1, "--pick", min=1, help="With --emit: the Nth cheapest plan."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     from moesim.api import routing_options
+    from moesim.errors import MoesimError
+    from moesim.plan.emit import ENGINES
     from moesim.plan.planner import plan
+    from moesim.spec import resolve
+    from moesim.spec.dtypes import resolve_formats
 
+    if emit is not None and emit not in ENGINES:
+        raise MoesimError(f"--emit takes one of {', '.join(ENGINES)}, not {emit!r}")
+    profiles = [resolve(model, with_price(name, price_usd_per_hour))[1] for name in hardware]
+    # Formats: the checkpoint's own unless overridden, checked on every hardware profile.
+    formats = [resolve_formats(*resolve(model, hw), dtype, kv_dtype) for hw in profiles]
+    fmt = formats[0]
     result = plan(
         model,
-        hardware,
+        profiles,
         ttft_slo=ttft_slo,
         tpot_slo=tpot_slo,
         rate=rate,
         input_len=input_len,
         output_len=output_len,
         max_gpus=max_gpus,
-        dtype=dtype,
-        kv_dtype=kv_dtype,
+        dtype=fmt.weight_dtype,
+        kv_dtype=fmt.kv_dtype,
         routing=routing_options(routing),
-        top=top,
+        top=max(top, pick),
         modes=tuple(mode),
+        memory_utilization=gpu_memory_utilization,
     )
+    result.request["formats"] = fmt.to_dict()
+    result.request["gpu_memory_utilization"] = gpu_memory_utilization
+    result.request["price_usd_per_hour"] = {p.name: p.price_usd_per_hour for p in profiles}
+    launch = None
+    if emit is not None and result.best:
+        if pick > len(result.best):
+            raise MoesimError(f"--pick {pick}: only {len(result.best)} plans meet the SLOs")
+        launch = emit_launch(model, result, emit, pick, fmt, profiles, gpu_memory_utilization)
     written = []
     if chart:
         from moesim.plots import save_chart
@@ -80,7 +122,15 @@ def plan_cmd(
     if as_json:
         from moesim.cli._common import print_json
 
-        print_json(result.to_dict() | ({"chart": written} if written else {}))
+        extra = {"chart": written} if written else {}
+        if launch is not None:
+            extra["launch"] = launch.to_dict()
+        print_json(result.to_dict() | extra)
+    elif launch is not None:
+        from rich.console import Console
+
+        print_plans(result, console=Console(stderr=True, width=100))
+        print(launch.text(), end="")
     else:
         print_plans(result)
         for path in written:
@@ -89,11 +139,39 @@ def plan_cmd(
         raise typer.Exit(3)
 
 
-def print_plans(result) -> None:
-    from rich.console import Console
+def emit_launch(model, result, engine, pick, fmt, profiles, memory_utilization):
+    """The launch commands of the ``pick``-th cheapest plan for ``engine``."""
+    from moesim.plan.emit import emit
+    from moesim.spec.model import list_models, load_model, preset_metadata
+
+    chosen = result.best[pick - 1]
+    hw = next(p for p in profiles if p.name == chosen["hardware"].split("+")[-1])
+    spec = load_model(model)
+    model_id = str(model)
+    if model_id in list_models():
+        model_id = (preset_metadata(model_id).get("source") or {}).get("hf_repo") or model_id
+    req = result.request
+    return emit(
+        engine,
+        chosen,
+        model_id=model_id,
+        formats=fmt.to_dict(),
+        gpus_per_node=hw.gpus_per_node,
+        memory_utilization=memory_utilization,
+        max_model_len=min(
+            int(req["input_len"]) + int(req["output_len"]),
+            spec.max_position_embeddings or 10**9,
+        ),
+    )
+
+
+def print_plans(result, console=None) -> None:
     from rich.table import Table
 
-    from moesim.cli._common import console, si
+    from moesim.cli._common import console as default_console
+    from moesim.cli._common import si
+
+    console = console or default_console
 
     req = result.request
     title = (
@@ -104,24 +182,41 @@ def print_plans(result) -> None:
     if not result.best:
         console.print(f"[red]no plan meets the SLOs[/red] — {title}")
         return
-    table = Table(title=title, title_justify="left")
-    for col in (
-        "hardware",
-        "mode",
-        "layout x replicas",
-        "batch",
-        "GPUs",
-        "TTFT",
-        "TPOT",
-        "tok/s/GPU",
-        "tok/s/user",
-        "$/M out",
-        "$/hour",
-        "bound",
-    ):
-        left = col in ("hardware", "mode", "layout x replicas", "bound")
+    fmt = req.get("formats") or {}
+    if fmt:
+        console.print(
+            f"formats: weights {fmt['weight_dtype']} ({fmt['weight_dtype_origin']}), KV "
+            f"{fmt['kv_dtype']} ({fmt['kv_dtype_origin']}), compute {fmt['compute_dtype']}",
+            width=100,
+        )
+    from rich import box
+
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    columns = (
+        ("hardware", "left"),
+        ("layout x copies", "left"),
+        ("batch", "right"),
+        ("GPUs", "right"),
+        ("TTFT", "right"),
+        ("TPOT", "right"),
+        ("tok/s\nper GPU", "right"),
+        ("tok/s\nper user", "right"),
+        ("$/Mtok", "right"),
+        ("bound", "left"),
+    )
+    for col, justify in columns:
         table.add_column(
-            col, justify="left" if left else "right", no_wrap=col != "layout x replicas"
+            col,
+            justify=justify,
+            no_wrap=col != "layout x copies",
+            min_width=18 if col == "layout x copies" else None,
         )
     for p in result.best:
         lay = _short(p) + f" x{p['replicas']}"
@@ -129,10 +224,12 @@ def print_plans(result) -> None:
             lay += f" offload {p['offload_fraction']:g}"
         if p["mode"] == "disaggregated":
             q = p["prefill"]
-            lay = f"P {q['hardware']} {_short(q)} x{q['replicas']} / D {lay}"
+            lay = f"P {_short(q)} x{q['replicas']}\nD {lay}"
+        similar = p.get("similar_layouts") or []
+        if similar:
+            lay += f"\n  +{len(similar)} alike"
         table.add_row(
             p["hardware"],
-            p["mode"][:6],
             lay,
             f"{p['batch']:,}",
             f"{p['gpus']:,}",
@@ -141,13 +238,15 @@ def print_plans(result) -> None:
             f"{p['output_tokens_per_s_per_gpu']:,.0f}",
             f"{p['output_tokens_per_s_per_user']:,.1f}",
             f"${p['usd_per_million_output_tokens']:,.3f}",
-            f"${p['usd_per_hour']:,.2f}",
             p["bound"],
         )
-    wide = Console(width=max(console.width, 170))  # a plan row is wider than a default terminal
-    wide.print(table)
+    console.print(table, width=100)
     console.print(
-        f"Pareto frontier (tok/s/GPU vs tok/s/user): {len(result.pareto)} plans; batch = sequences per replica (decode pool when disaggregated)"
+        f"Pareto frontier (tok/s/GPU vs tok/s/user): {len(result.pareto)} plans. batch = "
+        "sequences per copy (of the decode pool when disaggregated: P = prefill, D = decode "
+        "pool); $/Mtok = USD per million output tokens; alike = same GPUs, batch and cost "
+        "(1%), TTFT/TPOT within 25% (listed in --json as similar_layouts).",
+        width=100,
     )
 
 

@@ -9,6 +9,32 @@ import typer
 ORDER = 30
 
 
+DTYPE_HELP = (
+    "Weight format (default: the checkpoint's own, e.g. mxfp4 for gpt-oss, fp8-block for "
+    "DeepSeek-V3): bf16, fp16, fp8, fp8-block, int8, mxfp4, nvfp4, fp4 (W4A4, Blackwell), "
+    "int4-awq, int4-gptq."
+)
+KV_DTYPE_HELP = "KV-cache format: bf16, fp16, fp8, int8 (default: the checkpoint's, vLLM 'auto')."
+PRICE_HELP = "Override the hardware profile's price, USD per GPU-hour."
+GPU_MEMORY_HELP = (
+    "Share of GPU memory the engine may use (vLLM --gpu-memory-utilization; default 0.90)."
+)
+LAYOUT_HELP = (
+    "Layouts read like tp2ep8dp4: tensor-parallel 2, expert-parallel 8, data-parallel "
+    "attention 4 (pp = pipeline stages, x N = replicas); parts equal to 1 are left out."
+)
+
+
+def with_price(hardware, price_usd_per_hour: float | None):
+    """The hardware profile with its price replaced (a name stays a name without one)."""
+    if price_usd_per_hour is None:
+        return hardware
+    from moesim.spec.hardware import load_hardware
+
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    return hw.model_copy(update={"price_usd_per_hour": float(price_usd_per_hour)})
+
+
 class Phase(StrEnum):
     both = "both"
     prefill = "prefill"
@@ -22,7 +48,9 @@ class Overlap(StrEnum):
 
 def register(app: typer.Typer) -> None:
     app.command(
-        "predict", help="Predict TTFT, TPOT, throughput, memory fit and $/Mtok of a serving setup."
+        "predict",
+        help="Predict TTFT, TPOT, throughput, memory fit and $/Mtok of a serving setup. "
+        + LAYOUT_HELP,
     )(predict_cmd)
 
 
@@ -74,8 +102,8 @@ def predict_cmd(
     gpus_per_node: int | None = typer.Option(
         None, "--gpus-per-node", min=1, help="GPUs per node (default: the profile's)."
     ),
-    dtype: str = typer.Option("bf16", "--dtype", help="Weight dtype: bf16, fp16, fp8, fp4."),
-    kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8."),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    kv_dtype: str | None = typer.Option(None, "--kv-dtype", help=KV_DTYPE_HELP),
     dispatch_dtype: str = typer.Option(
         "bf16", "--dispatch-dtype", help="EP dispatch payload: bf16 or fp8 (DeepEP)."
     ),
@@ -125,11 +153,18 @@ def predict_cmd(
         max=1.0,
         help="Share of each prompt served from the prefix cache (phase both).",
     ),
+    price_usd_per_hour: float | None = typer.Option(
+        None, "--price-usd-per-hour", min=0.0, help=PRICE_HELP
+    ),
+    gpu_memory_utilization: float | None = typer.Option(
+        None, "--gpu-memory-utilization", min=0.01, max=1.0, help=GPU_MEMORY_HELP
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from moesim.api import build_layout, run_prediction
+    from moesim.api import build_layout, resolve, run_prediction
 
+    hardware = with_price(hardware, price_usd_per_hour)
     layout, notes = build_layout(
         model,
         hardware,
@@ -147,6 +182,8 @@ def predict_cmd(
         redundant_experts=redundant_experts,
         offload=offload,
     )
+    if gpu_memory_utilization is not None:
+        layout = layout.with_(memory_utilization=gpu_memory_utilization)
     result = run_prediction(
         model,
         hardware,
@@ -164,6 +201,8 @@ def predict_cmd(
         rate=rate,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
     )
+    result["layout"]["memory_utilization"] = layout.memory_utilization
+    result["price_usd_per_hour"] = resolve(model, hardware)[1].price_usd_per_hour
     if notes:
         result["notes"] = notes
     from moesim.cli._common import print_json

@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
         rows = []
         for i, T in enumerate(token_list):
             row = {"tokens": T, **inputs, **{n: float(getattr(stats, n)[i]) for n in STAT_NAMES}}
+            # padded / routed rows - 1 is an overhead ratio, not a share: named for what it is
+            row["padding_overhead"] = row["padding_waste"]
             if monte_carlo:
                 if redundant_experts:
                     raise MoesimError(
@@ -137,14 +139,18 @@ def register(app: typer.Typer) -> None:
         table.add_column("statistic", style="cyan")
         for row in rows:
             table.add_column(f"T={fmt(row['tokens'])}", justify="right")
-        for n in STAT_NAMES:
+        for n in (n if n != "padding_waste" else "padding_overhead" for n in STAT_NAMES):
             cells = []
             for row in rows:
                 cell = fmt(row[n])
-                if monte_carlo and row["error_pct"][n] is not None:
+                if monte_carlo and row["error_pct"].get(n) is not None:
                     cell += f" ({row['error_pct'][n]:+.1f}%)"
                 cells.append(cell)
             table.add_row(n, *cells)
         console.print(table)
+        console.print(
+            "padding_overhead = padded / routed rows - 1 (JSON also keeps it as padding_waste)",
+            highlight=False,
+        )
         if monte_carlo:
             console.print(f"(in brackets: % error vs {monte_carlo} Monte-Carlo samples)")

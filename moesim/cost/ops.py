@@ -19,7 +19,13 @@ import numpy as np
 
 from moesim.cost.comm import remote_domain_fraction
 from moesim.spec.deployment import Layout
-from moesim.spec.dtypes import compute_dtype, dtype_bytes
+from moesim.spec.dtypes import (
+    WEIGHT_COMPONENTS,
+    compute_dtype,
+    dtype_bytes,
+    weight_bytes_per_param,
+    weight_dtype_of,
+)
 
 # DeepEP sends fp8 activations with one fp32 scale per 128 channels (DeepSeek-V3 report,
 # arXiv:2412.19437 section 3.3: fine-grained 1x128 activation quantisation).
@@ -148,7 +154,7 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
     pp = layout.arr("pp")
     h = model.hidden_size
     H = model.num_attention_heads / tp  # heads per GPU
-    wb = dtype_bytes(layout.weight_dtype)
+    wb = weight_bytes_per_param(model, layout, "attention")
     ab = dtype_bytes(layout.act_dtype)
     kvb = dtype_bytes(layout.kv_dtype)
     T = s.tokens_dp
@@ -276,10 +282,12 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
     return ops
 
 
-def _ffn_gemms(prefix, kind, T, width_per_gpu, model, layout, cdt, count) -> list[Op]:
+def _ffn_gemms(
+    prefix, kind, T, width_per_gpu, model, layout, cdt, count, part="dense_ffn"
+) -> list[Op]:
     """Dense (or shared-expert) FFN: up (and gate) GEMM, activation, down GEMM."""
     h = model.hidden_size
-    wb = dtype_bytes(layout.weight_dtype)
+    wb = weight_bytes_per_param(model, layout, part)
     ab = dtype_bytes(layout.act_dtype)
     up_width = width_per_gpu * (model.ffn_matrices - 1)
     return [
@@ -300,7 +308,7 @@ def _moe_ops(
     E, k, inter = model.num_experts, model.top_k, model.expert_intermediate_size
     ep = layout.arr("ep")
     moe_tp = layout.moe_tp
-    wb = dtype_bytes(layout.weight_dtype)
+    wb = weight_bytes_per_param(model, layout, "experts")
     ab = dtype_bytes(layout.act_dtype)
     redundant = _scalar_int(layout.redundant_experts, "redundant_experts")
     # Points whose EP size cannot hold the experts are infeasible (check_layout says why); they
@@ -472,13 +480,18 @@ def step_ops(
     routing = routing or RoutingOptions()
     s = step_shape(layout, seqs, new_tokens, context)
     tp, pp = layout.arr("tp"), layout.arr("pp")
-    cdt = compute_dtype(layout.weight_dtype, hw.peak_flops_per_s)
+    # Each part's GEMMs run at its own stored format (parts a checkpoint keeps unquantised run
+    # in the activation dtype); moesim.spec.dtypes.compute_choice says where each format runs.
+    cdt_of = {
+        part: compute_dtype(weight_dtype_of(model, layout, part), hw.peak_flops_per_s)
+        for part in WEIGHT_COMPONENTS
+    }
     ab = dtype_bytes(layout.act_dtype)
-    wb = dtype_bytes(layout.weight_dtype)
+    wb = weight_bytes_per_param(model, layout, "lm_head")
     h = model.hidden_size
     T = s.tokens_dp
     L = model.num_hidden_layers
-    ops = _attention_ops(model, hw, layout, s, phase, layout.weight_dtype, cdt)
+    ops = _attention_ops(model, hw, layout, s, phase, layout.weight_dtype, cdt_of["attention"])
     # Two RMSNorms per layer, each reading and writing the hidden state (residual add fused in,
     # as vLLM's fused_add_rms_norm does).
     ops.append(memory_op("norms", "norm", 4.0 * T * h * ab, L / pp))
@@ -501,7 +514,9 @@ def step_ops(
         # MoE models' dense layers (DeepSeek first_k_dense_replace) use intermediate_size; a dense
         # model's FFN width is expert_intermediate_size (= intermediate_size, or the single expert's).
         width = model.intermediate_size if model.is_moe else model.expert_intermediate_size
-        ops += _ffn_gemms("ffn", "ffn", T, width / tp, model, layout, cdt, n_dense / pp)
+        ops += _ffn_gemms(
+            "ffn", "ffn", T, width / tp, model, layout, cdt_of["dense_ffn"], n_dense / pp
+        )
         ops.append(
             Op(
                 "ffn.allreduce",
@@ -514,7 +529,7 @@ def step_ops(
         )
     if n_moe:
         count = n_moe / pp
-        moe, stats = _moe_ops(model, hw, layout, s, cdt, routing, count, phase)
+        moe, stats = _moe_ops(model, hw, layout, s, cdt_of["experts"], routing, count, phase)
         ops += moe
         if model.shared_intermediate_size:
             ops += _ffn_gemms(
@@ -524,8 +539,9 @@ def step_ops(
                 model.shared_intermediate_size / tp,
                 model,
                 layout,
-                cdt,
+                cdt_of["shared_experts"],
                 count,
+                part="shared_experts",
             )
         ep = layout.arr("ep")
         # Expert outputs are reduced over the GPUs that split each expert: the whole stage's tokens
@@ -552,7 +568,7 @@ def step_ops(
             model.dense_residual_intermediate_size / tp,
             model,
             layout,
-            cdt,
+            cdt_of["dense_ffn"],
             L / pp,
         )
 
@@ -564,7 +580,9 @@ def step_ops(
         # Sampling reads the fp32 logits of each sequence twice (softmax, top-k/top-p) and
         # writes the probabilities once.
         memory_op("sampler", "lm_head", 3.0 * s.seqs * model.vocab_size * 4.0, 1.0),
-        gemm_op("lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt, 1.0),
+        gemm_op(
+            "lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt_of["lm_head"], 1.0
+        ),
         # Logit shards are gathered to one rank (an all-gather: half an all-reduce's traffic).
         Op(
             "lm_head.gather",

@@ -35,6 +35,7 @@ import pandas as pd
 
 from moesim.errors import MoesimError
 from moesim.spec.deployment import Layout, check_layout
+from moesim.spec.dtypes import dtype_bytes
 
 BATCHES_PER_GROUP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 OFFLOAD_FRACTIONS = (0.25, 0.5, 0.75)
@@ -96,7 +97,9 @@ def layout_grid(model, hw, max_gpus: int, offload: bool = False) -> dict[str, np
     }
 
 
-def _layout(grid: dict, dtype: str, kv_dtype: str, axis: bool = False) -> Layout:
+def _layout(
+    grid: dict, dtype: str, kv_dtype: str, axis: bool = False, memory_utilization: float = 0.90
+) -> Layout:
     shape = (lambda a: a[:, None]) if axis else (lambda a: a)
     return Layout(
         tp=shape(grid["tp"]),
@@ -106,12 +109,23 @@ def _layout(grid: dict, dtype: str, kv_dtype: str, axis: bool = False) -> Layout
         offload_fraction=shape(grid["offload_fraction"]),
         weight_dtype=dtype,
         kv_dtype=kv_dtype,
-        dispatch_dtype="fp8" if dtype in ("fp8", "fp4") else "bf16",
+        dispatch_dtype="fp8" if dtype_bytes(dtype) <= 1.0 + 1e-3 and dtype != "int8" else "bf16",
+        memory_utilization=memory_utilization,
     )
 
 
 def evaluate_hardware(
-    model, hw, grid, *, dtype, kv_dtype, routing, input_len, output_len, batches=BATCHES_PER_GROUP
+    model,
+    hw,
+    grid,
+    *,
+    dtype,
+    kv_dtype,
+    routing,
+    input_len,
+    output_len,
+    batches=BATCHES_PER_GROUP,
+    memory_utilization=0.90,
 ) -> dict:
     """Prefill ``[N]`` and decode ``[N, B]`` steady states of every candidate, two vectorised calls."""
     from moesim.cost.offload import host_memory_check, with_offload
@@ -119,12 +133,12 @@ def evaluate_hardware(
 
     if np.any(grid["offload_fraction"] > 0):
         routing = with_offload(routing, model)
-    flat = _layout(grid, dtype, kv_dtype)
+    flat = _layout(grid, dtype, kv_dtype, memory_utilization=memory_utilization)
     dp = grid["dp"].astype(float)
     pre = serving.predict_phase(
         model, hw, flat, phase="prefill", batch=dp, input_len=input_len, routing=routing
     )
-    grid2 = _layout(grid, dtype, kv_dtype, axis=True)
+    grid2 = _layout(grid, dtype, kv_dtype, axis=True, memory_utilization=memory_utilization)
     b = np.asarray(batches, dtype=float)[None, :]
     ctx = input_len + output_len / 2.0  # mean context over a sequence's decode
     dec = serving.predict_phase(
@@ -138,7 +152,14 @@ def evaluate_hardware(
         routing=routing,
     )
     host_ok, _ = host_memory_check(model, hw, flat)
-    return {"pre": pre, "dec": dec, "host_ok": host_ok, "seqs": b, "gpus": flat.gpus_per_replica}
+    return {
+        "pre": pre,
+        "dec": dec,
+        "host_ok": host_ok,
+        "seqs": b,
+        "gpus": flat.gpus_per_replica,
+        "memory_utilization": memory_utilization,
+    }
 
 
 def _bound_of_decode(dec_ok_mem, tpot_ok, comm_share) -> np.ndarray:
@@ -243,7 +264,7 @@ def _aggregated(
         ),
     )
     free = (
-        hw.hbm_capacity_bytes * 0.90
+        hw.hbm_capacity_bytes * ev["memory_utilization"]
         - np.asarray(dec["weights_bytes_per_gpu"])
         - np.asarray(dec["activation_bytes_per_gpu"])
     )
@@ -398,7 +419,7 @@ def _disaggregated(
             slack = (ttft_slo - ttft) / ttft_slo
             bound = np.where(slack < 0.05, "ttft-slo", bound_d)
             free = (
-                hd.hbm_capacity_bytes * 0.90
+                hd.hbm_capacity_bytes * evd["memory_utilization"]
                 - np.asarray(dec["weights_bytes_per_gpu"])
                 - np.asarray(dec["activation_bytes_per_gpu"])
             )
@@ -527,6 +548,61 @@ def _py(v):
     return v
 
 
+def _layout_text(row) -> str:
+    return f"tp{int(row['tp'])}" + "".join(
+        f"{k}{int(row[k])}" for k in ("ep", "pp", "dp") if int(row[k]) > 1
+    )
+
+
+def collapse_near_duplicates(
+    ranked: pd.DataFrame, top: int, rel: float = 0.25, scan: int = 2000
+) -> list[dict]:
+    """The ``top`` first plans of ``ranked`` (cheapest first) with near-duplicates folded in.
+
+    A plan is a near-duplicate of a kept one when it serves on the same hardware, in the same
+    mode, with the same GPUs and batch, at a $/Mtok within 1% and a TTFT and TPOT within ``rel``
+    (e.g. EP 2, 4 or 8 over the same DP group): the first, with the lowest TPOT, stands for
+    them; listing each tells a planner nothing new. Folded layouts are kept in ``similar_layouts``.
+    """
+    kept: list[tuple[pd.Series, list[str]]] = []
+    for _, row in ranked.head(scan).iterrows():
+        for head, similar in kept:
+            if _near(head, row, rel):
+                similar.append(_layout_text(row))
+                break
+        else:
+            if len(kept) < top:
+                kept.append((row, []))
+    out = []
+    for row, similar in kept:
+        d = _row_dict(row)
+        d["similar_layouts"] = similar
+        out.append(d)
+    return out
+
+
+def _near(a: pd.Series, b: pd.Series, rel: float) -> bool:
+    if (a["hardware"], a["mode"], a["gpus"], a["batch"]) != (
+        b["hardware"],
+        b["mode"],
+        b["gpus"],
+        b["batch"],
+    ):
+        return False
+    if a["mode"] == "disaggregated" and a.get("prefill_hardware") != b.get("prefill_hardware"):
+        return False
+
+    def close(key, tol):
+        x, y = float(a[key]), float(b[key])
+        return abs(x - y) <= tol * max(abs(x), abs(y), 1e-300)
+
+    return (
+        close("usd_per_million_output_tokens", 0.01)
+        and close("tpot_s", rel)
+        and close("ttft_s", rel)
+    )
+
+
 def plan(
     model,
     hardware,
@@ -542,6 +618,7 @@ def plan(
     routing=None,
     top: int = 5,
     modes=MODES,
+    memory_utilization: float = 0.90,
 ) -> PlanResult:
     """Search layouts on every hardware profile for the cheapest SLO-feasible way to serve ``rate``.
 
@@ -591,6 +668,7 @@ def plan(
             routing=routing,
             input_len=float(input_len),
             output_len=float(output_len),
+            memory_utilization=memory_utilization,
         )
         ev["hw"] = hw
         evals[hw.name], grids[hw.name] = ev, grid
@@ -628,7 +706,7 @@ def plan(
     distinct = feasible.drop_duplicates(
         ["hardware", "mode", "tp", "ep", "pp", "dp", "offload_fraction"]
     )
-    best = [_row_dict(r) for _, r in distinct.head(top).iterrows()]
+    best = collapse_near_duplicates(distinct, top)
     fits = table[table["fits"] & np.isfinite(table["cap_gpus"]) & (table["cap_gpus"] <= max_gpus)]
     front = (
         fits.iloc[

@@ -504,17 +504,22 @@ def run_scenario(
     scheduler: str | None = None,
     progress: bool = False,
     charts: bool = True,
+    overrides: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Load, evaluate and (with ``out_dir``) write a scenario. Returns (frame, manifest)."""
+    """Load, evaluate and (with ``out_dir``) write a scenario. Returns (frame, manifest).
+
+    ``progress`` draws a progress bar with an ETA on stderr when it is a terminal.
+    ``overrides`` may set ``price_usd_per_hour`` (every hardware) and ``memory_utilization``
+    (every layout); the manifest records them."""
     import hashlib
 
     from moesim import __version__
 
-    loaded = load_scenario(path)
+    loaded = _apply_overrides(load_scenario(path), overrides or {})
     plan = build_plan(loaded)
     total = plan.size if limit is None else min(plan.size, limit)
     t0 = time.perf_counter()
-    if progress and total > CHUNK_ROWS:
+    if progress and _stderr_is_terminal():
         df = _with_progress(plan, total, limit=limit, workers=workers, scheduler=scheduler)
     else:
         df = run_plan(plan, limit=limit, workers=workers, scheduler=scheduler)
@@ -534,6 +539,7 @@ def run_scenario(
         "scheduler": scheduler,
         "limit": limit,
         "slo": loaded.scenario.slo.model_dump(),
+        "overrides": overrides or {},
         "units": {c: unit_of(c) for c in df.columns if unit_of(c)},
         "files": [],
         "charts": [],
@@ -562,20 +568,57 @@ def _json_default(obj):
     return str(obj)
 
 
+def _apply_overrides(loaded: LoadedScenario, overrides: dict) -> LoadedScenario:
+    """The scenario with every hardware's price and every layout's memory share replaced."""
+    import dataclasses
+
+    if not overrides:
+        return loaded
+    hardware = loaded.hardware
+    if overrides.get("price_usd_per_hour") is not None:
+        price = float(overrides["price_usd_per_hour"])
+        hardware = [h.model_copy(update={"price_usd_per_hour": price}) for h in hardware]
+    scenario = loaded.scenario
+    if overrides.get("memory_utilization") is not None:
+        share = float(overrides["memory_utilization"])
+        layouts = [lay.model_copy(update={"memory_utilization": share}) for lay in scenario.layouts]
+        scenario = scenario.model_copy(update={"layouts": layouts})
+    return dataclasses.replace(loaded, hardware=hardware, scenario=scenario)
+
+
+def _stderr_is_terminal() -> bool:
+    from rich.console import Console
+
+    return Console(stderr=True).is_terminal
+
+
 def _with_progress(plan, total, **kw) -> pd.DataFrame:
+    """run_plan with a rich progress bar (points done, rate, elapsed, ETA) on stderr; chunks
+    are cut smaller (about 1/50 of the sweep) so the bar moves, at little cost per call."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    chunk_rows = int(min(CHUNK_ROWS, max(1024, total // 50)))
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("points", total=total)
-        return run_plan(plan, progress=lambda n: bar.advance(task, n), **kw)
+        return run_plan(plan, progress=lambda n: bar.advance(task, n), chunk_rows=chunk_rows, **kw)
 
 
 # ---------------------------------------------------------------------------- simulations

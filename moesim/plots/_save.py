@@ -26,12 +26,31 @@ def save_chart(
     for fmt in formats:
         out = stem.with_suffix(f".{fmt}")
         if fmt == "html":
-            chart.save(str(out))
+            # Vega, Vega-Lite and vega-embed inlined: the page renders offline (no CDN)
+            _atomic_write(out, vlc.vegalite_to_html(spec, bundle=True).encode())
         elif fmt == "svg":
-            out.write_text(vlc.vegalite_to_svg(spec))
+            _atomic_write(out, vlc.vegalite_to_svg(spec).encode())
         elif fmt == "png":
-            out.write_bytes(vlc.vegalite_to_png(spec, scale=scale))
+            _atomic_write(out, vlc.vegalite_to_png(spec, scale=scale))
         else:
             raise ValueError(f"unknown chart format {fmt!r}; use html, svg or png")
         written.append(out)
     return written
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a chart is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

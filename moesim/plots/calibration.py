@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from moesim.calibrate.predict import _dtype
+from moesim.plots.style import log_axis
 
 
 def roofline_chart(scored: pd.DataFrame, hw) -> alt.Chart:
@@ -46,15 +47,16 @@ def roofline_chart(scored: pd.DataFrame, hw) -> alt.Chart:
             "roof": f"calibrated gemm {dtype}",
         }),
     ])  # fmt: skip
-    log = alt.Scale(type="log")
+    xs, xa = log_axis(roofs["intensity"], "arithmetic intensity (FLOP/byte)")
+    ys, ya = log_axis(
+        pd.concat([roofs["flops_per_s"], df["achieved_flops_per_s"]]), "achieved FLOP/s"
+    )
     lines = (
         alt.Chart(roofs)
         .mark_line(color="#444444")
         .encode(
-            x=alt.X("intensity:Q", scale=log, title="arithmetic intensity (FLOP/byte)"),
-            y=alt.Y(
-                "flops_per_s:Q", scale=log, title="achieved FLOP/s", axis=alt.Axis(format="~s")
-            ),
+            x=alt.X("intensity:Q", scale=xs, axis=xa),
+            y=alt.Y("flops_per_s:Q", scale=ys, axis=ya),
             strokeDash=alt.StrokeDash("roof:N", title="roof"),
         )
     )
@@ -62,8 +64,8 @@ def roofline_chart(scored: pd.DataFrame, hw) -> alt.Chart:
         alt.Chart(df)
         .mark_point(filled=True, opacity=0.75, size=35)
         .encode(
-            x=alt.X("intensity:Q", scale=log),
-            y=alt.Y("achieved_flops_per_s:Q", scale=log),
+            x=alt.X("intensity:Q", scale=xs, axis=xa),
+            y=alt.Y("achieved_flops_per_s:Q", scale=ys, axis=ya),
             color=alt.Color("fit_class:N", title="class"),
             tooltip=["fit_class", "shape_key", "impl", "dtype", "median_s", "predicted_s"],
         )
@@ -82,18 +84,25 @@ def predicted_vs_measured_chart(scored: pd.DataFrame) -> alt.Chart:
     lo = float(min(df["median_s"].min(), df["predicted_s"].min()) / 1.5) if len(df) else 1e-6
     hi = float(max(df["median_s"].max(), df["predicted_s"].max()) * 1.5) if len(df) else 1.0
     diag = pd.DataFrame({"t": [lo, hi]})
-    log = alt.Scale(type="log", domain=[lo, hi])
+    log, _ = log_axis([lo, hi], "")
+    measured_axis = log_axis([lo, hi], "measured (s)")[1]
+    predicted_axis = log_axis([lo, hi], "predicted (s)")[1]
+    band = pd.DataFrame({"t": [lo, hi], "lo": [lo / 1.2, hi / 1.2], "hi": [lo * 1.2, hi * 1.2]})
     line = (
         alt.Chart(diag)
         .mark_line(color="#888888")
         .encode(x=alt.X("t:Q", scale=log), y=alt.Y("t:Q", scale=log))
+    ) + (
+        alt.Chart(band)
+        .mark_area(opacity=0.12, color="#888888")
+        .encode(x=alt.X("t:Q", scale=log), y=alt.Y("lo:Q", scale=log), y2="hi:Q")
     )
     points = (
         alt.Chart(df)
         .mark_point(filled=True, opacity=0.7, size=30)
         .encode(
-            x=alt.X("median_s:Q", scale=log, title="measured (s)", axis=alt.Axis(format="~s")),
-            y=alt.Y("predicted_s:Q", scale=log, title="predicted (s)", axis=alt.Axis(format="~s")),
+            x=alt.X("median_s:Q", scale=log, axis=measured_axis),
+            y=alt.Y("predicted_s:Q", scale=log, axis=predicted_axis),
             color=alt.Color("fit_class:N", title="class"),
             tooltip=[
                 "fit_class",
@@ -106,7 +115,11 @@ def predicted_vs_measured_chart(scored: pd.DataFrame) -> alt.Chart:
             ],
         )
     )
-    return (line + points).properties(title="predicted vs measured", width=300, height=300)
+    return (line + points).properties(
+        title=alt.Title("predicted vs measured", subtitle="grey band: within 20%"),
+        width=300,
+        height=300,
+    )
 
 
 def validation_chart(scored: pd.DataFrame, hw) -> alt.HConcatChart:

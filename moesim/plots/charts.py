@@ -16,22 +16,22 @@ import pandas as pd
 
 from moesim.errors import MoesimError
 from moesim.plots._save import save_chart
+from moesim.plots.style import (
+    KIND_ORDER,
+    MEMORY_ORDER,
+    condition_label,
+    kind_color,
+    log_axis,
+    memory_color,
+    varying,
+)
+from moesim.plots.style import style as _style
 
 WIDTH, HEIGHT = 520, 320
-KIND_ORDER = ["attention", "moe", "ffn", "norm", "lm_head", "comm", "offload"]
-MEMORY_PARTS = {
-    "weights_bytes_per_gpu": "weights",
-    "kv_cache_bytes_per_gpu": "KV cache",
-    "activation_bytes_per_gpu": "activations",
-}
-
-
-def _style(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
-    return (
-        chart.configure_axis(labelFontSize=11, titleFontSize=12)
-        .configure_legend(labelFontSize=11, titleFontSize=12, labelLimit=260)
-        .configure_title(fontSize=14, anchor="start", subtitleFontSize=11, subtitleColor="#555")
-    )
+MEMORY_PARTS = dict(
+    zip(("weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "activation_bytes_per_gpu"),
+        MEMORY_ORDER, strict=True)
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- breakdowns
@@ -116,14 +116,11 @@ def roofline_chart(
         ops["intensity_flop_per_byte"].max() * 3, 3 * hw.peak(dtype) / hw.hbm_bandwidth_bytes_per_s
     )
     roofs = roofline_frame(hw, dtype, intensity=np.geomspace(lo, hi, 200))
-    x = alt.X(
-        "intensity_flop_per_byte:Q",
-        scale=alt.Scale(type="log"),
-        title="arithmetic intensity (FLOP / byte)",
-    )
-    y = alt.Y(
-        "flops_per_s:Q", scale=alt.Scale(type="log"), title="FLOP/s", axis=alt.Axis(format="~s")
-    )
+    xs, xa = log_axis(roofs["intensity_flop_per_byte"], "arithmetic intensity (FLOP / byte)")
+    ys = pd.concat([roofs["flops_per_s"], ops["flops_per_s"]])
+    ys, ya = log_axis(ys, "achieved FLOP/s")
+    x = alt.X("intensity_flop_per_byte:Q", scale=xs, axis=xa)
+    y = alt.Y("flops_per_s:Q", scale=ys, axis=ya)
     lines = (
         alt.Chart(roofs)
         .mark_line(strokeWidth=2)
@@ -147,7 +144,7 @@ def roofline_chart(
         .encode(
             x,
             y,
-            color=alt.Color("kind:N", sort=KIND_ORDER, title="op kind"),
+            color=kind_color(),
             shape=alt.Shape("phase:N", title="phase"),
             tooltip=[
                 "phase:N",
@@ -159,8 +156,10 @@ def roofline_chart(
             ],
         )
     )
+    # label the operators that take most of each step (the rest stay in the tooltip)
+    share = ops["time_s"] / ops.groupby("phase")["time_s"].transform("sum")
     label = (
-        alt.Chart(ops[ops["phase"] == "decode"])
+        alt.Chart(ops[share >= 0.05])
         .mark_text(align="left", dx=7, dy=-6, fontSize=10, color="#333")
         .encode(x, y, text="op:N")
     )
@@ -170,7 +169,8 @@ def roofline_chart(
         height=HEIGHT,
         title=alt.Title(
             title or f"Roofline on {hw.name}",
-            subtitle="points: operators of one prefill / decode step; lines: roofs",
+            subtitle="points: operators of one prefill / decode step (named when >= 5% of "
+            "the step); lines: roofs",
         ),
     )
 
@@ -182,6 +182,7 @@ def latency_breakdown_chart(prediction: dict, title: str | None = None) -> alt.C
     by_kind["time_ms"] = by_kind["time_s"] * 1e3
     total = by_kind.groupby("phase")["time_ms"].transform("sum")
     by_kind["share"] = by_kind["time_ms"] / total
+    by_kind["kind_order"] = by_kind["kind"].map({k: i for i, k in enumerate(KIND_ORDER)})
     by_kind["step"] = (
         by_kind["phase"]
         + " ("
@@ -197,13 +198,8 @@ def latency_breakdown_chart(prediction: dict, title: str | None = None) -> alt.C
             x=alt.X(
                 "share:Q", stack="normalize", axis=alt.Axis(format="%"), title="share of step time"
             ),
-            color=alt.Color(
-                "kind:N",
-                sort=KIND_ORDER,
-                title="op kind",
-                legend=alt.Legend(orient="bottom", columns=7),
-            ),
-            order=alt.Order("kind:N"),
+            color=kind_color(orient="bottom", columns=7),
+            order=alt.Order("kind_order:Q"),
             tooltip=[
                 "phase:N",
                 "kind:N",
@@ -224,14 +220,19 @@ def latency_breakdown_chart(prediction: dict, title: str | None = None) -> alt.C
 
 # ---------------------------------------------------------------------------- sweeps
 def memory_frame(df: pd.DataFrame, max_rows: int = 12) -> pd.DataFrame:
-    """Per layout (first model and hardware of ``df``): the largest feasible batch's memory parts."""
-    sub = df[(df["model"] == df["model"].iloc[0]) & (df["hardware"] == df["hardware"].iloc[0])]
-    ok = sub[sub["feasible"]]
-    pick = ok if len(ok) else sub
-    idx = pick.groupby("layout", observed=True)["batch"].idxmax()
-    rows = pick.loc[idx].head(max_rows)
+    """Per model x hardware x layout x formats: the largest feasible batch's memory parts
+    (long form: one row per part), so no two configurations share a bar."""
+    keys = [k for k in ("model", "hardware", "layout", "weight_dtype", "kv_dtype") if k in df]
+    # largest feasible batch per configuration; one that never fits shows its smallest batch
+    feasible = df["feasible"].astype(bool)
+    best = df[feasible].groupby(keys, observed=True)["batch"].idxmax().dropna().astype(int)
+    smallest = df[~feasible].groupby(keys, observed=True)["batch"].idxmin().dropna().astype(int)
+    fits = set(df.loc[best, keys].itertuples(index=False, name=None))
+    smallest = [i for i in smallest if tuple(df.loc[i, keys]) not in fits]
+    rows = df.loc[list(best) + smallest].sort_values(keys)
+    rows = rows.groupby(["model", "hardware"], observed=True, group_keys=False).head(max_rows)
     long = rows.melt(
-        id_vars=["layout", "batch", "memory_capacity_bytes_per_gpu", "feasible"],
+        id_vars=[*keys, "batch", "memory_capacity_bytes_per_gpu", "feasible"],
         value_vars=list(MEMORY_PARTS),
         var_name="part",
         value_name="bytes",
@@ -239,43 +240,69 @@ def memory_frame(df: pd.DataFrame, max_rows: int = 12) -> pd.DataFrame:
     long["stack_order"] = long["part"].map({k: i for i, k in enumerate(MEMORY_PARTS)})
     long["part"] = long["part"].map(MEMORY_PARTS)
     long["GB"] = long["bytes"] / 1e9
-    long["label"] = long["layout"].astype(str) + ", batch " + long["batch"].astype(str)
-    long["model"], long["hardware"] = str(sub["model"].iloc[0]), str(sub["hardware"].iloc[0])
+    fmt = varying(rows, ("weight_dtype", "kv_dtype"))
+    label = long["layout"].astype(str)
+    for k in fmt:
+        label = label + " " + long[k].astype(str)
+    long["label"] = (
+        label
+        + ", batch "
+        + long["batch"].astype(str)
+        + np.where(long["feasible"].astype(bool), "", " (does not fit)")
+    )
+    long["panel"] = long["model"].astype(str) + " on " + long["hardware"].astype(str)
     return long
 
 
-def memory_breakdown_chart(df: pd.DataFrame, title: str | None = None) -> alt.Chart:
-    """Weights, KV cache and activations per GPU against the GPU's capacity, one bar per layout."""
+def memory_breakdown_chart(
+    df: pd.DataFrame, title: str | None = None, memory_utilization: float = 0.90
+) -> alt.Chart:
+    """Weights, KV cache and activations per GPU, one bar per layout (and format), one panel
+    per model x hardware; grey tick: HBM capacity, red rule: the usable share the engine may
+    fill (capacity x memory_utilization)."""
     long = memory_frame(df)
+    long["capacity_GB"] = long["memory_capacity_bytes_per_gpu"] / 1e9
+    long["usable_GB"] = long["capacity_GB"] * memory_utilization
+    long["usable_text"] = long["usable_GB"].map(lambda v: f"usable {v:.0f} GB")
     y = alt.Y("label:N", title=None, sort=None)
-    bars = (
-        alt.Chart(long)
-        .mark_bar()
+    base = alt.Chart(long)
+    bars = base.mark_bar().encode(
+        y,
+        x=alt.X("GB:Q", title="memory per GPU (GB)", stack="zero"),
+        color=memory_color(),
+        order=alt.Order("stack_order:Q"),
+        tooltip=["label:N", "part:N", alt.Tooltip("GB:Q", format=".1f")],
+    )
+    cap = base.mark_tick(color="#777", thickness=2, size=20).encode(
+        y, x="capacity_GB:Q", tooltip=[alt.Tooltip("capacity_GB:Q", title="capacity GB")]
+    )
+    usable = base.mark_rule(color="#d62728", strokeWidth=2, strokeDash=[5, 3]).encode(
+        x="usable_GB:Q", tooltip=[alt.Tooltip("usable_GB:Q", title="usable GB", format=".1f")]
+    )
+    usable_text = (
+        base.transform_aggregate(usable_GB="max(usable_GB)", usable_text="max(usable_text)")
+        .mark_text(align="left", dx=4, dy=-4, baseline="bottom", color="#d62728", fontSize=10)
         .encode(
-            y,
-            x=alt.X("GB:Q", title="memory per GPU (GB)", stack="zero"),
-            color=alt.Color("part:N", sort=list(MEMORY_PARTS.values()), title="memory"),
-            order=alt.Order("stack_order:Q"),
-            tooltip=["label:N", "part:N", alt.Tooltip("GB:Q", format=".1f")],
+            x="usable_GB:Q",
+            y=alt.value(0),
+            text="usable_text:N",
         )
     )
-    cap = long.drop_duplicates("label").assign(
-        cap_GB=lambda d: d["memory_capacity_bytes_per_gpu"] / 1e9
+    rows = long.groupby("panel")["label"].nunique().max()
+    layered = alt.layer(bars, cap, usable, usable_text).properties(
+        width=WIDTH, height=max(26 * rows, 80)
     )
-    rule = (
-        alt.Chart(cap)
-        .mark_tick(color="#c00", thickness=2, size=22)
-        .encode(y, x="cap_GB:Q", tooltip=[alt.Tooltip("cap_GB:Q", title="capacity GB")])
-    )
-    model, hw = long["model"].iloc[0], long["hardware"].iloc[0]
-    return alt.layer(bars, rule).properties(
-        width=WIDTH,
-        height=max(28 * cap.shape[0], 80),
+    return layered.facet(row=alt.Row("panel:N", title=None, header=alt.Header(labelAngle=0,
+        labelAlign="left", labelAnchor="start", labelOrient="top"))).resolve_scale(
+        y="independent"
+    ).properties(
         title=alt.Title(
-            title or f"Memory per GPU: {model} on {hw}",
-            subtitle="largest feasible batch per layout (the first model and hardware); red tick: HBM capacity",
-        ),
-    )
+            title or "Memory per GPU",
+            subtitle=f"largest feasible batch per layout and format (the smallest when none "
+            f"fits); grey tick: HBM capacity; red dashed: usable = capacity x "
+            f"{memory_utilization:g}",
+        )
+    )  # fmt: skip
 
 
 def pareto_front(per_user: np.ndarray, per_gpu: np.ndarray) -> np.ndarray:
@@ -288,25 +315,50 @@ def pareto_front(per_user: np.ndarray, per_gpu: np.ndarray) -> np.ndarray:
 
 
 def pareto_frame(df: pd.DataFrame, color: str = "hardware", max_points: int = 4000) -> pd.DataFrame:
-    """Feasible points with a ``frontier`` flag per ``color`` group (faint points thinned to
-    ``max_points``, deterministically; frontier points always kept)."""
+    """Feasible points with a ``frontier`` flag per series (faint points thinned to
+    ``max_points``, deterministically; frontier points always kept).
+
+    A series is one value of ``color`` under one combination of every other condition axis
+    that varies in the sweep (routing, lengths, KV format, ...: ``style.CONDITION_AXES``);
+    those others make the ``panel`` column, so points evaluated under different conditions
+    never share a frontier. Layout, weight format and batch are the choices along a frontier
+    and are written on its points (``point_label``).
+    """
     ok = df[df["feasible"] & np.isfinite(df["output_tokens_per_s_per_user"])].copy()
+    if color not in ok.columns:
+        raise MoesimError(f"cannot colour by {color!r}: not a column of the sweep")
+    panel_axes = [a for a in varying(ok) if a != color]
+    ok["panel"] = condition_label(ok, panel_axes)
+    ok["series"] = ok[color].astype(str)
     ok["frontier"] = False
-    for _, g in ok.groupby(color, observed=True):
+    for _, g in ok.groupby(["panel", "series"], observed=True):
         mask = pareto_front(
             g["output_tokens_per_s_per_user"].to_numpy(),
             g["output_tokens_per_s_per_gpu"].to_numpy(),
         )
         ok.loc[g.index[mask], "frontier"] = True
+    label = ok["layout"].astype(str).str.replace(" ", "", regex=False)
+    if "weight_dtype" in ok:
+        label = label + " " + ok["weight_dtype"].astype(str)
+    ok["point_label"] = label + " B" + ok["batch"].astype(int).astype(str)
+    # name at most 4 points of a frontier (its ends and evenly between) so labels stay legible
+    ok["labelled"] = False
+    for _, g in ok[ok["frontier"]].groupby(["panel", "series"], observed=True):
+        g = g.sort_values("output_tokens_per_s_per_user")
+        pick = np.unique(np.linspace(0, len(g) - 1, min(len(g), 4)).round().astype(int))
+        ok.loc[g.index[pick], "labelled"] = True
     rest = ok[~ok["frontier"]]
     if len(rest) > max_points:
         rest = rest.iloc[np.linspace(0, len(rest) - 1, max_points).astype(int)]
     keep = pd.concat([rest, ok[ok["frontier"]]])
     cols = [
         color,
+        "series",
+        "panel",
         "model",
         "hardware",
         "layout",
+        "weight_dtype",
         "batch",
         "input_len",
         "output_len",
@@ -315,58 +367,70 @@ def pareto_frame(df: pd.DataFrame, color: str = "hardware", max_points: int = 40
         "usd_per_million_output_tokens",
         "meets_slo",
         "frontier",
+        "point_label",
+        "labelled",
     ]
-    return keep[list(dict.fromkeys(cols))].assign(**{color: lambda d: d[color].astype(str)})
-
-
-def _log_domain(values: pd.Series) -> alt.Scale:
-    v = values[np.isfinite(values) & (values > 0)]
-    if not len(v):
-        return alt.Scale(type="log")
-    return alt.Scale(type="log", domain=[float(v.min()) / 1.25, float(v.max()) * 1.25], nice=False)
+    cols = [c for c in dict.fromkeys(cols) if c in keep.columns]
+    out = keep[cols].assign(**{color: lambda d: d[color].astype(str)})
+    out.attrs["panel_axes"] = panel_axes
+    return out
 
 
 def pareto_chart(df: pd.DataFrame, color: str = "hardware", title: str | None = None) -> alt.Chart:
-    """Throughput per GPU vs per user: every feasible point faint, each group's frontier bold."""
+    """Throughput per GPU vs per user: every feasible point faint, each series' frontier bold,
+    frontier points labelled with layout, weight format and batch; one panel per combination
+    of the other condition axes that vary (see :func:`pareto_frame`)."""
     pts = pareto_frame(df, color)
-    x = alt.X(
-        "output_tokens_per_s_per_user:Q",
-        scale=_log_domain(pts["output_tokens_per_s_per_user"]),
-        title="output tokens/s per user (1 / TPOT)",
-    )
-    y = alt.Y(
-        "output_tokens_per_s_per_gpu:Q",
-        scale=_log_domain(pts["output_tokens_per_s_per_gpu"]),
-        title="output tokens/s per GPU",
-    )
-    c = alt.Color(f"{color}:N", title=color)
+    panel_axes = pts.attrs.get("panel_axes", [])
+    xs, xa = log_axis(pts["output_tokens_per_s_per_user"], "output tokens/s per user (1 / TPOT)")
+    ys, ya = log_axis(pts["output_tokens_per_s_per_gpu"], "output tokens/s per GPU")
+    x = alt.X("output_tokens_per_s_per_user:Q", scale=xs, axis=xa)
+    y = alt.Y("output_tokens_per_s_per_gpu:Q", scale=ys, axis=ya)
+    c = alt.Color("series:N", title=color, legend=alt.Legend(orient="bottom"))
     tip = [
         "model:N",
         "hardware:N",
         "layout:N",
+        "weight_dtype:N",
         "batch:Q",
+        "panel:N",
         alt.Tooltip("output_tokens_per_s_per_user:Q", format=".1f"),
         alt.Tooltip("output_tokens_per_s_per_gpu:Q", format=".1f"),
         alt.Tooltip("usd_per_million_output_tokens:Q", format=".3f"),
     ]
+    tip = [t for t in tip if (t.shorthand if hasattr(t, "shorthand") else t).split(":")[0] in pts]
+    base = alt.Chart()
+    quiet = c
     faint = (
-        alt.Chart(pts[~pts["frontier"]])
+        base.transform_filter("!datum.frontier")
         .mark_circle(size=14, opacity=0.18)
-        .encode(x, y, c, tooltip=tip)
+        .encode(x, y, quiet, tooltip=tip)
     )
-    front = pts[pts["frontier"]].sort_values("output_tokens_per_s_per_user")
     line = (
-        alt.Chart(front)
+        base.transform_filter("datum.frontier")
         .mark_line(strokeWidth=2.5, point=alt.OverlayMarkDef(size=40, filled=True))
         .encode(x, y, c, order="output_tokens_per_s_per_user:Q", tooltip=tip)
     )
-    return alt.layer(faint, line).properties(
-        width=WIDTH,
-        height=HEIGHT,
-        title=alt.Title(
-            title or "Throughput vs interactivity",
-            subtitle="faint: every feasible point; bold: the Pareto frontier",
-        ),
+    labels = (
+        base.transform_filter("datum.labelled")
+        .mark_text(align="left", dx=6, dy=-7, fontSize=9)
+        .encode(x, y, quiet, text="point_label:N")
+    )
+    # the line layer first: the legend takes its symbol, not the faint dots
+    layered = alt.layer(line, faint, labels, data=pts).properties(
+        width=WIDTH if not panel_axes else 380, height=HEIGHT if not panel_axes else 260
+    )
+    panels = pts["panel"].nunique()
+    subtitle = "faint: every feasible point; bold: the Pareto frontier of each series; labels: "
+    subtitle += "layout, weight format, batch (up to 4 per frontier; all in the tooltip)"
+    if panel_axes:
+        layered = layered.facet(
+            facet=alt.Facet("panel:N", title=None, header=alt.Header(labelFontSize=11)),
+            columns=min(panels, 2),
+        )
+        subtitle += f"; one panel per {' x '.join(panel_axes)}"
+    return layered.properties(
+        title=alt.Title(title or "Throughput vs interactivity", subtitle=subtitle)
     )
 
 
@@ -461,7 +525,8 @@ def dense_vs_moe_chart(curve: pd.DataFrame, title: str | None = None) -> alt.Cha
         us_per_token=lambda d: d["step_s_per_token"] * 1e6,
         MB_per_token=lambda d: d["weight_bytes_per_token"] / 1e6,
     )
-    x = alt.X("batch:Q", scale=_log_domain(curve["batch"]), title="decode batch (sequences)")
+    bs, ba = log_axis(curve["batch"], "decode batch (sequences)", fmt="~s")
+    x = alt.X("batch:Q", scale=bs, axis=ba)
     color = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom", columns=2))
     rule_data = curve[curve["kind"] == "moe"].drop_duplicates("model")[["compute_bound_batch"]]
     rule_data = rule_data[rule_data["compute_bound_batch"] <= curve["batch"].max()]
@@ -472,7 +537,11 @@ def dense_vs_moe_chart(curve: pd.DataFrame, title: str | None = None) -> alt.Cha
             .mark_line(strokeWidth=2)
             .encode(
                 x,
-                alt.Y(f"{field}:Q", scale=alt.Scale(type="log"), title=ytitle),
+                alt.Y(
+                    f"{field}:Q",
+                    scale=log_axis(curve[field], ytitle)[0],
+                    axis=log_axis(curve[field], ytitle)[1],
+                ),
                 color,
                 tooltip=["series:N", "batch:Q", alt.Tooltip(f"{field}:Q", format=".3~s")],
             )
@@ -580,7 +649,8 @@ def sweep_charts(df: pd.DataFrame, loaded, out_dir: str | Path, formats=None) ->
                 df, outputs.color_by, title=f"Throughput vs interactivity: {loaded.scenario.name}"
             )
         elif name == "memory_breakdown":
-            chart = memory_breakdown_chart(df)
+            share = min(lay.memory_utilization for lay in loaded.scenario.layouts)
+            chart = memory_breakdown_chart(df, memory_utilization=share)
         elif name in ("roofline", "latency_breakdown"):
             res, model, hw = predict_row(row, loaded)
             if name == "roofline":
@@ -598,13 +668,15 @@ def sweep_charts(df: pd.DataFrame, loaded, out_dir: str | Path, formats=None) ->
             moe = [m for m in loaded.models if m.is_moe]
             if not moe:
                 raise MoesimError("outputs.charts: expert_load needs an MoE model in the scenario")
-            skewed = [str(r) for r in df["routing"].unique() if str(r) != "uniform"]
-            ep = int(row["ep"]) if moe[0].is_moe and row["model"] in [m.name for m in moe] else 1
+            # every routing of the sweep, one row each, on the widest EP layout of the sweep
+            routings = [str(r) for r in dict.fromkeys(df["routing"].astype(str))]
+            ep_rows = df[df["model"].astype(str) == moe[0].name]
+            ep = int(ep_rows["ep"].max()) if len(ep_rows) else 1
             tokens = int(row["batch"]) * (
                 int(row["input_len"]) if str(row["phase"]) == "prefill" else 1
             )
-            chart = expert_load_chart(
-                moe[0], skewed[0] if skewed else "uniform", tokens=max(tokens, 64), ep=ep
+            chart = alt.vconcat(
+                *(expert_load_chart(moe[0], r, tokens=max(tokens, 64), ep=ep) for r in routings[:6])
             )
         elif name == "dense_vs_moe":
             moe = [m for m in loaded.models if m.is_moe]

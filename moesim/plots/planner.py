@@ -8,6 +8,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from moesim.plots.style import log_axis
+
 
 def planner_chart(result, max_points: int = 4000) -> alt.LayerChart:
     """Altair chart of a :class:`moesim.plan.planner.PlanResult`."""
@@ -38,14 +40,14 @@ def planner_chart(result, max_points: int = 4000) -> alt.LayerChart:
         f"{req.get('model')}: {req.get('rate')} req/s, in {req.get('input_len')} / out {req.get('output_len')}, "
         f"SLO TTFT {req.get('ttft_slo_s')} s, TPOT {req.get('tpot_slo_s')} s"
     )
-    x = alt.X(
-        "tokens/s per user:Q",
-        scale=alt.Scale(type="log"),
-        title="output tokens/s per user (1 / TPOT)",
-    )
-    y = alt.Y(
-        "output tokens/s per GPU:Q", scale=alt.Scale(type="log"), title="output tokens/s per GPU"
-    )
+    xv, yv = pts["tokens/s per user"], pts["output tokens/s per GPU"]
+    if len(front):
+        xv = pd.concat([xv, front["output_tokens_per_s_per_user"].astype(float)])
+        yv = pd.concat([yv, front["output_tokens_per_s_per_gpu"].astype(float)])
+    xs, xa = log_axis(xv, "output tokens/s per user (1 / TPOT)")
+    ys, ya = log_axis(yv, "output tokens/s per GPU")
+    x = alt.X("tokens/s per user:Q", scale=xs, axis=xa)
+    y = alt.Y("output tokens/s per GPU:Q", scale=ys, axis=ya)
     dots = (
         alt.Chart(pts)
         .mark_circle(size=18)
@@ -68,16 +70,26 @@ def planner_chart(result, max_points: int = 4000) -> alt.LayerChart:
         layers.append(alt.Chart(f).mark_line(color="black", strokeDash=[4, 3]).encode(x=x, y=y))
     if result.best:
         b = result.best[0]
+        lay = f"tp{b['tp']}" + "".join(f"{k}{b[k]}" for k in ("ep", "pp", "dp") if b[k] > 1)
         chosen = pd.DataFrame(
             {
                 "tokens/s per user": [b["output_tokens_per_s_per_user"]],
                 "output tokens/s per GPU": [b["output_tokens_per_s_per_gpu"]],
+                "label": [
+                    f"cheapest: {b['hardware']} {b['mode']} {lay} x{b['replicas']}, "
+                    f"${b['usd_per_million_output_tokens']:.3f}/Mtok"
+                ],
             }
         )
         layers.append(
             alt.Chart(chosen)
             .mark_point(size=220, shape="diamond", color="red", filled=False, strokeWidth=2)
             .encode(x=x, y=y)
+        )
+        layers.append(
+            alt.Chart(chosen)
+            .mark_text(align="right", dx=-14, dy=-12, fontSize=11, color="#c00")
+            .encode(x=x, y=y, text="label:N")
         )
     slo = (
         pd.DataFrame({"tokens/s per user": [1.0 / req["tpot_slo_s"]]})
@@ -86,4 +98,12 @@ def planner_chart(result, max_points: int = 4000) -> alt.LayerChart:
     )
     if slo is not None:
         layers.append(alt.Chart(slo).mark_rule(color="grey").encode(x="tokens/s per user:Q"))
-    return alt.layer(*layers).properties(title=title, width=520, height=360)
+    return alt.layer(*layers).properties(
+        title=alt.Title(
+            title,
+            subtitle="bright: meets the SLO at the rate; dashed: Pareto frontier; grey rule: "
+            "TPOT SLO; red diamond: the cheapest plan",
+        ),
+        width=520,
+        height=360,
+    )

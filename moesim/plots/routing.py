@@ -52,17 +52,21 @@ def expert_load_chart(
         else routing_stats(tokens, top_k, num_experts, ep, dist, placement=placement)
     )
     mean_load, max_load = float(stats.mean_gpu_load), float(stats.max_gpu_load)
-    gpus = pd.DataFrame({"gpu": np.arange(ep), "load": tokens * model.q_gpu.sum(axis=1)})
-    title = (
-        f"{dist.name}: T={tokens:,}, top-{top_k} of {num_experts} experts, EP={ep} (colour = GPU)"
+    gpu_load = tokens * model.q_gpu.sum(axis=1)
+    gpus = pd.DataFrame({"gpu": np.arange(ep).astype(str), "load": gpu_load})
+    gpus["hottest"] = gpus["load"] >= gpus["load"].max() * (1 - 1e-9)
+    title = alt.TitleParams(
+        f"{dist.name}: T={tokens:,} tokens, top-{top_k} of {num_experts} experts, EP={ep}",
+        subtitle="bar colour: the GPU holding the expert (as in the per-GPU panel)",
+        anchor="start",
     )
-    color = (
-        alt.Color("gpu:N", legend=None)
-        if gpu_of_expert is not None and ep <= 20
-        else alt.value("#4c78a8")
-    )
+    # One colour per GPU, the same in both panels: the per-GPU panel is the legend.
+    domain = [str(g) for g in range(ep)]
+    scheme = "tableau10" if ep <= 10 else "tableau20" if ep <= 20 else "turbo"
+    gpu_color = alt.Color("gpu:N", scale=alt.Scale(domain=domain, scheme=scheme), legend=None)
+    color = gpu_color if gpu_of_expert is not None else alt.value("#4c78a8")
     bars = (
-        alt.Chart(experts, title=alt.TitleParams(title, anchor="start"))
+        alt.Chart(experts, title=title)
         .mark_bar()
         .encode(
             x=alt.X(
@@ -79,14 +83,17 @@ def expert_load_chart(
         .properties(width=460, height=260)
     )
     lines = pd.DataFrame(
-        {"what": ["mean", "expected max (straggler)"], "load": [mean_load, max_load]}
+        {"what": ["mean GPU load", "expected max (straggler)"], "load": [mean_load, max_load]}
     )
     gpu_bars = (
         alt.Chart(gpus)
-        .mark_bar(color="#9ecae9")
+        .mark_bar(strokeWidth=2)
         .encode(
-            x=alt.X("gpu:O", title="GPU", axis=alt.Axis(labels=ep <= 64)),
+            x=alt.X("gpu:O", title="GPU", sort=domain, axis=alt.Axis(labels=ep <= 64)),
             y=alt.Y("load:Q", title="expected assignments per GPU"),
+            color=gpu_color,
+            stroke=alt.value("black"),
+            strokeWidth=alt.condition("datum.hottest", alt.value(2.5), alt.value(0)),
             tooltip=["gpu", alt.Tooltip("load:Q", format=",.1f")],
         )
     )
@@ -98,14 +105,21 @@ def expert_load_chart(
             color=alt.Color(
                 "what:N",
                 title=None,
-                scale=alt.Scale(range=["#333333", "#e45756"]),
+                scale=alt.Scale(
+                    domain=["mean GPU load", "expected max (straggler)"],
+                    range=["#333333", "#e45756"],
+                ),
                 legend=alt.Legend(orient="bottom"),
             ),
             strokeDash=alt.condition(
-                alt.datum.what == "mean", alt.value([4, 3]), alt.value([1, 0])
+                alt.datum.what == "mean GPU load", alt.value([4, 3]), alt.value([1, 0])
             ),
             tooltip=["what", alt.Tooltip("load:Q", format=",.1f")],
         )
     )
-    per_gpu = (gpu_bars + rules).properties(width=260, height=260, title="per GPU")
+    per_gpu = (
+        (gpu_bars + rules)
+        .resolve_scale(color="independent")
+        .properties(width=260, height=260, title="per GPU (black outline: most loaded)")
+    )
     return alt.hconcat(bars, per_gpu).resolve_scale(color="independent")

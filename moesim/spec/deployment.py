@@ -16,7 +16,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from moesim.errors import MoesimError
-from moesim.spec.dtypes import DTYPE_BYTES
+from moesim.spec.dtypes import (
+    ACT_DTYPES,
+    DISPATCH_DTYPES,
+    DTYPE_BYTES,
+    check_kv_dtype,
+)
 
 OVERLAP_MODES = ("none", "two-batch")
 
@@ -46,6 +51,15 @@ class Layout:
             value = getattr(self, name)
             if value not in DTYPE_BYTES:
                 raise MoesimError(f"{name} {value!r} is not one of {', '.join(DTYPE_BYTES)}")
+        check_kv_dtype(self.kv_dtype)
+        if self.act_dtype not in ACT_DTYPES:
+            raise MoesimError(
+                f"act_dtype {self.act_dtype!r} must be one of {', '.join(ACT_DTYPES)}"
+            )
+        if self.dispatch_dtype not in DISPATCH_DTYPES:
+            raise MoesimError(
+                f"dispatch_dtype {self.dispatch_dtype!r} must be one of {', '.join(DISPATCH_DTYPES)}"
+            )
         if self.overlap not in OVERLAP_MODES:
             raise MoesimError(f"overlap {self.overlap!r} must be one of {', '.join(OVERLAP_MODES)}")
         for name in ("tp", "ep", "pp", "dp", "replicas"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ FIELD_ALIASES: dict[str, str] = {
     "n_layers": "num_hidden_layers",
     "n_heads": "num_attention_heads",
     "d_model": "hidden_size",
+    "dtype": "torch_dtype",  # transformers >= 4.56 writes "dtype"
 }
 
 REQUIRED_HF_KEYS = (
@@ -104,6 +106,11 @@ class ModelSpec(BaseModel):
     decoder_sparse_step: int = Field(default=1, gt=0)  # Qwen/Arctic: MoE iff (i + 1) % step == 0
     mlp_only_layers: tuple[int, ...] = ()  # Qwen-MoE: these layers are dense
     dense_residual_intermediate_size: int = Field(default=0, ge=0)  # Arctic parallel dense MLP
+
+    # How the released checkpoint stores its weights (config.json keys, verbatim): the default
+    # formats a prediction uses when no --dtype is given (see ``native_format``).
+    torch_dtype: str | None = None
+    quantization_config: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -405,6 +412,41 @@ class ModelSpec(BaseModel):
             self.num_hidden_layers * self.kv_cache_elements_per_token_per_layer * kv_dtype_bytes
         )
 
+    # ------------------------------------------------------------------ checkpoint formats
+    @property
+    def native_format(self) -> CheckpointFormat:
+        """The formats the released checkpoint is served in (see :func:`checkpoint_format`)."""
+        return checkpoint_format(self.torch_dtype, self.quantization_config, self.name)
+
+    def weight_bytes(
+        self, weight_dtype: str, unquantized: tuple[str, ...] = (), act_dtype: str = "bf16"
+    ) -> float:
+        """Bytes of all stored weights when quantised parts use ``weight_dtype`` (scales
+        included) and ``unquantized`` parts and the norms stay in ``act_dtype``."""
+        from moesim.spec.dtypes import dtype_bytes
+
+        parts = {
+            "embedding": "embedding",
+            "lm_head": "lm_head",
+            "attention": "attention",
+            "router": "router",
+            "routed_experts": "experts",
+            "shared_experts": "shared_experts",
+            "dense_ffn": "dense_ffn",
+            "dense_residual": "dense_ffn",
+        }
+        total = 0.0
+        for key, params in self.param_breakdown().items():
+            kept = key == "norms" or parts[key] in unquantized
+            total += params * dtype_bytes(act_dtype if kept else weight_dtype)
+        return total
+
+    @property
+    def checkpoint_bytes(self) -> float:
+        """Bytes of the released checkpoint's weights in its native formats."""
+        f = self.native_format
+        return self.weight_bytes(f.weight_dtype, f.unquantized, f.act_dtype)
+
     # ------------------------------------------------------------------ derived models
     def dense_equivalent(self) -> ModelSpec:
         """A dense model with the same attention, norms and embeddings whose FFN width W on every
@@ -473,6 +515,101 @@ class ModelSpec(BaseModel):
         data = _hf_to_fields(cfg, where)
         data["name"] = name
         return _validate(data, where=where)
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """Formats a checkpoint is served in when nothing is overridden.
+
+    weight_dtype : format of the quantised weights (a :data:`moesim.spec.dtypes.FORMATS` name)
+    unquantized : parts kept in ``act_dtype`` (embedding, LM head, router, and the checkpoint's
+        ``modules_to_not_convert``)
+    kv_dtype : KV-cache format engines pick by default (vLLM ``--kv-cache-dtype auto``: the
+        model's dtype, unless the checkpoint ships KV scales)
+    act_dtype : activation dtype (``torch_dtype``; bf16 when unset)
+    source : the config keys this was read from
+    """
+
+    weight_dtype: str
+    unquantized: tuple[str, ...]
+    kv_dtype: str
+    act_dtype: str
+    source: str
+
+    def describe(self) -> str:
+        kept = f", {'/'.join(self.unquantized)} in {self.act_dtype}" if self.unquantized else ""
+        return f"{self.weight_dtype}{kept}, KV {self.kv_dtype}"
+
+
+_TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "half": "fp16"}
+# Parts HF quantisers and vLLM never quantise: nn.Embedding, the LM head ("all Linear modules
+# except the final lm_head", vLLM FP8 docs) and the MoE router gate (DeepSeek-V3 keeps MoEGate
+# in bf16; gpt-oss lists mlp.router in modules_to_not_convert).
+_ALWAYS_KEPT = ("embedding", "lm_head", "router")
+_MODULE_PARTS = (
+    ("self_attn", "attention"),
+    ("attention", "attention"),
+    ("router", "router"),
+    ("shared_expert", "shared_experts"),
+    ("experts", "experts"),
+    ("embed_tokens", "embedding"),
+    ("lm_head", "lm_head"),
+)
+
+
+def checkpoint_format(
+    torch_dtype: str | None, quantization_config: Mapping[str, Any] | None, where: str = "model"
+) -> CheckpointFormat:
+    """Read a config.json's ``torch_dtype`` and ``quantization_config`` into served formats.
+
+    Understood ``quant_method`` values: ``fp8`` (``weight_block_size`` [128, 128] -> fp8-block,
+    DeepSeek-V3), ``mxfp4`` (gpt-oss), ``awq`` / ``gptq`` (4-bit -> int4-awq / int4-gptq),
+    ``modelopt`` (``quant_algo`` FP8 / NVFP4, ``kv_cache_quant_algo`` FP8). Anything else is
+    refused rather than guessed.
+    """
+    act = _TORCH_DTYPES.get(str(torch_dtype).lower(), "bf16") if torch_dtype else "bf16"
+    if act == "fp32":
+        act = "bf16"  # engines serve fp32 checkpoints in bf16 (vLLM --dtype auto)
+    if not quantization_config:
+        src = f"torch_dtype {torch_dtype}" if torch_dtype else "no torch_dtype: bf16 assumed"
+        return CheckpointFormat(act, (), act, act, src)
+    q = dict(quantization_config)
+    method = str(q.get("quant_method", "")).lower()
+    kv = act
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        weight = "fp8-block" if block else "fp8"
+        if block and list(block) != [128, 128]:
+            raise MoesimError(
+                f"{where}: fp8 weight_block_size {block} is not modelled (only [128, 128])"
+            )
+    elif method == "mxfp4":
+        weight = "mxfp4"
+    elif method in ("awq", "gptq"):
+        bits = int(q.get("bits", q.get("w_bit", 4)))
+        if bits != 4:
+            raise MoesimError(f"{where}: {method} with {bits}-bit weights is not modelled")
+        weight = f"int4-{method}"
+    elif method == "modelopt":
+        algo = str(q.get("quant_algo", "")).upper()
+        weight = {"FP8": "fp8", "NVFP4": "nvfp4"}.get(algo)
+        if weight is None:
+            raise MoesimError(f"{where}: modelopt quant_algo {algo!r} is not modelled")
+        if str(q.get("kv_cache_quant_algo", "")).upper() == "FP8":
+            kv = "fp8"
+    else:
+        raise MoesimError(
+            f"{where}: quantization_config quant_method {method!r} is not modelled; "
+            "pass --dtype to choose a format"
+        )
+    kept = set(_ALWAYS_KEPT)
+    for pattern in q.get("modules_to_not_convert") or q.get("ignore") or ():
+        for needle, part in _MODULE_PARTS:
+            if needle in str(pattern):
+                kept.add(part)
+                break
+    keys = ", ".join(f"{k} {v}" for k, v in q.items() if k != "modules_to_not_convert")
+    return CheckpointFormat(weight, tuple(sorted(kept)), kv, act, f"quantization_config: {keys}")
 
 
 def _hf_to_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:

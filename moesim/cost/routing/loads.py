@@ -26,6 +26,8 @@ import numpy as np
 from scipy import special
 
 EXACT_MAX_ASSIGNMENTS = 512  # N = T·k up to which the conditioned exact sum is used
+# A GPU-count pmf entry below this share of the pmf's peak is FFT round-off (~1e-17), not mass.
+_PMF_NEGLIGIBLE = 1e-15
 
 
 def padded_counts(T: np.ndarray, q: np.ndarray, block_m: int) -> np.ndarray:
@@ -194,15 +196,42 @@ def _coef_product(pmf: np.ndarray, m: np.ndarray, N: int) -> np.ndarray:
     """
     width = int(m.max())
     P = 1 << int(np.ceil(np.log2(N + 12 * np.sqrt(N) + 64)))
-    w = np.exp(-2j * np.pi * np.arange(P // 2 + 1) / P)  # half circle; the rest is conjugate
-    powers = w[None, :] ** np.arange(width)[:, None]  # [width, P/2+1]
-    prod = np.ones((m.size, w.size), dtype=complex)
-    for f in pmf:
-        partial = np.cumsum(f[:width, None] * powers, axis=0)  # [width, P/2+1]
-        prod *= partial[m - 1]
-    weight = np.full(w.size, 2.0)
+    k = np.arange(P // 2 + 1)  # half circle; the rest is conjugate
+    circle = np.exp(-2j * np.pi * np.arange(P) / P)
+    # A GPU's truncated pgf only changes with m inside the support of its pmf: below it the
+    # prefix is 0, above it the full pgf. So each GPU multiplies its own rows only, and its
+    # full pgf is applied to every later threshold through one running product at the end.
+    order = np.argsort(m)
+    ms = m[order]
+    prod = np.ones((ms.size, k.size), dtype=complex)
+    later = np.ones((ms.size + 1, k.size), dtype=complex)  # factor for rows >= index
+    live = np.nonzero(pmf[:, :width] > _PMF_NEGLIGIBLE * pmf[:, :width].max(axis=1, keepdims=True))
+    lo_of = np.full(pmf.shape[0], width)
+    hi_of = np.full(pmf.shape[0], -1)
+    np.minimum.at(lo_of, live[0], live[1])
+    np.maximum.at(hi_of, live[0], live[1])
+    for g, f in enumerate(pmf):
+        lo, hi = int(lo_of[g]), int(hi_of[g])
+        if hi < lo:  # no mass below width: every threshold sees a zero prefix
+            prod[:] = 0.0
+            continue
+        j = np.arange(lo, hi + 1)
+        powers = circle[(j[:, None] * k[None, :]) % P]  # w^j for j in the support
+        partial = np.cumsum(f[lo : hi + 1, None] * powers, axis=0)  # [support, P/2+1]
+        # rows with m - 1 < lo: zero prefix; lo <= m - 1 <= hi: partial; beyond: full pgf
+        first = int(np.searchsorted(ms - 1, lo, side="left"))
+        past = int(np.searchsorted(ms - 1, hi, side="right"))
+        prod[:first] = 0.0
+        if past > first:
+            prod[first:past] *= partial[ms[first:past] - 1 - lo]
+        later[past] *= partial[-1]
+    prod *= np.cumprod(later[:-1], axis=0)
+    weight = np.full(k.size, 2.0)
     weight[0] = weight[-1] = 1.0
-    return np.real(prod * np.conj(w[None, :] ** N)) @ weight / P
+    shift = np.conj(circle[(N * k) % P])
+    out = np.empty(m.size)
+    out[order] = np.real(prod * shift[None, :]) @ weight / P
+    return out
 
 
 def _max_independent(T: int, N: int, q_gpu: np.ndarray, tau: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from moesim.cost.routing import cache as disk_cache
 from moesim.cost.routing.distributions import UNIFORM, RoutingDistribution, parse_routing
 from moesim.cost.routing.inclusion import ExponentialRace
 from moesim.cost.routing.loads import (
@@ -43,7 +44,7 @@ class RoutingStats:
     max_load_ratio: np.ndarray  # max_gpu_load/mean_gpu_load
     padded_assignments: np.ndarray  # E[Σ_e ceil(n_e/BM)·BM], whole layer
     padded_assignments_max_gpu: np.ndarray  # the same on the straggler GPU
-    padding_waste: np.ndarray  # padded/A − 1
+    padding_waste: np.ndarray  # padded/A − 1: an overhead ratio (0.25 = 20% of rows are padding)
     dropped_assignments: np.ndarray  # E[Σ_e (n_e − capacity)^+]
     drop_rate: np.ndarray  # dropped/A
     remote_gpus_per_token: np.ndarray  # E[#distinct GPUs other than the token's own it sends to]
@@ -257,19 +258,38 @@ def _table(model_key, model: LayerRouting, t_max: float, block_m, capacity_facto
     core = _TABLES.get(model_key)
     if core is None or core["t_max"] < t_max:
         cap = 2.0 ** np.ceil(np.log2(max(t_max, 2 * _DENSE_T)))
-        core = build_table(model, _t_grid(cap), None, None)
+        disk_key = ("core", model_key, cap)
+        core = disk_cache.load(disk_key, _CORE_NAMES)
+        if core is None:
+            core = build_table(model, _t_grid(cap), None, None)
+            disk_cache.store(disk_key, core)
         core["t_max"], core["t_grid"] = cap, _t_grid(cap)
         _TABLES[model_key] = core
     key = (model_key, core["t_max"], block_m, capacity_factor)
     if key not in _TABLES:
-        extra = build_table(
-            model, core["t_grid"], block_m, capacity_factor, max_ratio=core["max_ratio"]
-        )
-        _TABLES[key] = {
-            **core,
-            **{n: extra[n] for n in ("padded_ratio", "padded_max_ratio", "drop_rate")},
-        }
+        disk_key = ("extra", *key)
+        extra = disk_cache.load(disk_key, _EXTRA_NAMES)
+        if extra is None:
+            full = build_table(
+                model, core["t_grid"], block_m, capacity_factor, max_ratio=core["max_ratio"]
+            )
+            extra = {n: full[n] for n in _EXTRA_NAMES}
+            disk_cache.store(disk_key, extra)
+        _TABLES[key] = {**core, **extra}
     return _TABLES[key]
+
+
+_CORE_NAMES = (
+    "x",
+    "active_frac",
+    "slot_active_frac",
+    "active_max_gpu",
+    "max_ratio",
+    "padded_ratio",
+    "padded_max_ratio",
+    "drop_rate",
+)
+_EXTRA_NAMES = ("padded_ratio", "padded_max_ratio", "drop_rate")
 
 
 # ---------------------------------------------------------------- public entry point
