@@ -36,7 +36,7 @@ class _Req:
     finish_s: float = math.nan
 
 
-def des(cost, *, clients, isl, osl, budget, cap, steps, warm, rng=None):
+def des(cost, *, clients, isl, osl, budget, cap, steps, warm, rng=None, start="spread"):
     """Mean TTFT, TPOT, output tokens/s and the share of mixed steps of a closed loop; ``isl`` /
     ``osl`` are token counts, or arrays to draw each request's from (with ``rng``)."""
 
@@ -50,7 +50,10 @@ def des(cost, *, clients, isl, osl, budget, cap, steps, warm, rng=None):
     # queue behind them and inherit that spacing as slots free up.
     cycle = 1 + int(np.mean(osl))
     first = min(clients, cap)
-    starts = deque(sorted((int(min(i, first) * cycle / first), i) for i in range(clients)))
+    if start == "burst":  # every client sends its first request at once, as benchmarks do
+        starts = deque((0, i) for i in range(clients))
+    else:
+        starts = deque(sorted((int(min(i, first) * cycle / first), i) for i in range(clients)))
     waiting, running, done = deque(), [], []
     now, mixed_steps, out_tokens, t_warm = 0.0, 0, 0, None
     for n in range(steps):
@@ -152,10 +155,11 @@ CONFIGS = {
 }
 
 
-def _fluid(cost, clients, isl, osl, budget, cap):
+def _fluid(cost, clients, isl, osl, budget, cap, arrivals="spread"):
     return closed_loop(
-        cost, clients=clients, cap=cap, input_len=isl, output_len=osl, token_budget=budget
-    )
+        cost, clients=clients, cap=cap, input_len=isl, output_len=osl, token_budget=budget,
+        arrivals=arrivals,
+    )  # fmt: skip
 
 
 def _compare(ref, fluid, osl_mean):
@@ -171,13 +175,16 @@ def _compare(ref, fluid, osl_mean):
     return errors
 
 
+@pytest.mark.parametrize("start, arrivals", [("spread", "spread"), ("burst", "bunched")])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_schedule_matches_discrete_event_reference(name):
+def test_schedule_matches_discrete_event_reference(name, start, arrivals):
+    """Clients started evenly spread ('spread'), or all at once as benchmark clients are, which
+    with fixed lengths keeps them in groups ('bunched')."""
     clients, isl, osl, budget, cap = CONFIGS[name]
     cost = Synthetic()
     ref = des(cost, clients=clients, isl=isl, osl=osl, budget=budget, cap=cap, steps=6000,
-              warm=2000)  # fmt: skip
-    errors = _compare(ref, _fluid(cost, clients, isl, osl, budget, cap), osl)
+              warm=2000, start=start)  # fmt: skip
+    errors = _compare(ref, _fluid(cost, clients, isl, osl, budget, cap, arrivals), osl)
     assert ref["requests"] > 50
     for key, err in errors.items():
         assert abs(err) < 0.03, (name, key, err)
@@ -251,8 +258,28 @@ def test_real_step_costs_match_reference():
                     routing_or_default(None))  # fmt: skip
     ref = des(_Memo(cost), clients=16, isl=1024, osl=64, budget=512, cap=1024, steps=1500,
               warm=400)  # fmt: skip
-    fluid = closed_loop(cost, clients=16, cap=1024, input_len=1024, output_len=64, token_budget=512)
+    fluid = closed_loop(cost, clients=16, cap=1024, input_len=1024, output_len=64, token_budget=512,
+                        arrivals="spread")  # fmt: skip
     errors = _compare(ref, fluid, 64)
+    for key, err in errors.items():
+        assert abs(err) < 0.03, (key, err)
+
+
+def test_real_step_costs_bunched_clients_match_reference():
+    """The same engine with 24 clients started at once (as benchmark clients are), 1024-token
+    prompts, 128 output tokens, an 8192-token budget: prompts stay in groups of 7 per step."""
+    from moesim.cost.ops import routing_or_default
+    from moesim.spec.deployment import Layout
+    from moesim.spec.hardware import load_hardware
+    from moesim.spec.model import load_model
+
+    cost = StepCost(load_model("llama-3.1-8b"), load_hardware("h100-sxm"), Layout(),
+                    routing_or_default(None))  # fmt: skip
+    ref = des(_Memo(cost), clients=24, isl=1024, osl=128, budget=8192, cap=1024, steps=2000,
+              warm=600, start="burst")  # fmt: skip
+    fluid = closed_loop(cost, clients=24, cap=1024, input_len=1024, output_len=128,
+                        token_budget=8192, arrivals="bunched")  # fmt: skip
+    errors = _compare(ref, fluid, 128)
     for key, err in errors.items():
         assert abs(err) < 0.03, (key, err)
 

@@ -43,6 +43,7 @@ from moesim.spec.deployment import Layout
 # token count; a mixed step takes every other operator at its total token count.
 COMPOSITION_OPS = ("attn.core", "attn.core_sliding", "attn.kv_b", "attn.absorb")
 OVERLOAD_REASON = "arrival rate exceeds the engine's capacity"
+ARRIVALS = ("bunched", "spread", "poisson")
 
 
 # ---------------------------------------------------------------------------- lengths
@@ -250,6 +251,7 @@ def schedule(
     output_len,
     token_budget,
     prefix_cache_hit_rate=0.0,
+    arrivals: str = "bunched",
     iterations: int = 5,
 ) -> dict:
     """Steady state of one scheduler unit with ``running`` requests holding a slot (module
@@ -281,22 +283,47 @@ def schedule(
     else:
         ctx_d = np.asarray(input_len, dtype=float) + n_out / 2.0
 
-    # Fixed lengths make the loop periodic: completions, hence prefills, stay evenly spread.
-    # Lengths that vary make completions a superposition of independent renewal processes, close
-    # to Poisson (Palm-Khintchine): prompts that fit one step arrive Poisson(r) per step and are
-    # prefilled together, so a share 1 - exp(-r) of the steps is mixed. Prompts needing k > 1
-    # chunks do not pile up the same way: one that finds the budget taken starts a step later and
-    # keeps that offset, so closed-loop clients space themselves (the discrete-event reference
-    # shows +7 % TTFT over k chunk steps at a prefill utilisation of 0.86, +1 % at 0.44).
-    random = _varies(input_len) or _varies(output_len)
+    # How prompts reach the budget (the discrete-event reference in tests/test_inflight.py holds
+    # each case):
+    # - "bunched": clients that start together with fixed lengths stay together, as benchmark
+    #   clients do. The R requests of a unit form one cohort whose prompts arrive back to back
+    #   each round and fill S = ceil(R I / room) steps (room = budget left by the decodes); a
+    #   prompt touches 1 + (S - 1) / R of those steps on average (its first may share a step with
+    #   the one before); a round lasts that plus O - 1 decode steps.
+    # - "spread": the same clients evenly desynchronised: one prompt per mixed step; a prompt
+    #   needing k > 1 chunks runs k - 1 full chunks and one tail.
+    # - "poisson" (an open loop, or lengths that vary: completions then superpose independent
+    #   renewal processes, close to Poisson by Palm-Khintchine): prompts that fit one step arrive
+    #   Poisson(r) per step, so a share 1 - exp(-r) of the steps is mixed. Prompts needing k > 1
+    #   chunks space themselves instead: one that finds the budget taken starts a step later and
+    #   keeps that offset (the reference shows +1 % TTFT at a prefill utilisation of 0.44, +7 %
+    #   at 0.86 over k chunk steps).
+    if arrivals not in ARRIVALS:
+        raise MoesimError(f"arrivals {arrivals!r} must be one of {', '.join(ARRIVALS)}")
+    random = _varies(input_len) or _varies(output_len) or arrivals == "poisson"
+    bunched = arrivals == "bunched" and not random
+    Rp = np.maximum(R, 1e-12)
     d_m = np.maximum(R - 1.0, 0.0)
     for _ in range(iterations):
         room = np.maximum(tau - d_m, 1.0)
         k = _expect(input_len, lambda i, room=room: np.ceil(new_tokens(i) / room))
-        r_b = R / (k + O1)
-        rho = r_b * k
-        f = np.where(random & (k <= 1.0), -np.expm1(-rho), np.minimum(1.0, rho))
-        n_pre = np.where(f > 0, rho / np.maximum(f, 1e-12), 0.0)
+        if bunched:
+            # whole prompts (k = 1): groups of g = room // I arrive together, S = ceil(R / g)
+            # steps a round, one step each; longer prompts stream through S = ceil(R I / room)
+            # budget-filled steps, each touching 1 + (S - 1) / R of them.
+            whole = k <= 1.0
+            g = np.clip(np.floor(room / np.maximum(I_new, 1.0)), 1.0, np.maximum(R, 1.0))
+            S = np.where(whole, np.ceil(R / g), np.ceil(R * I_new / room))
+            steps_pre = np.where(whole, 1.0, 1.0 + np.maximum(S - 1.0, 0.0) / Rp)
+            r_b = R / (steps_pre + O1)
+            f = np.minimum(1.0, r_b * S / Rp)
+            n_pre = np.where(f > 0, r_b * steps_pre / np.maximum(f, 1e-12), 0.0)
+        else:
+            steps_pre = k
+            r_b = R / (k + O1)
+            rho = r_b * k
+            f = np.where(random & (k <= 1.0), -np.expm1(-rho), np.minimum(1.0, rho))
+            n_pre = np.where(f > 0, rho / np.maximum(f, 1e-12), 0.0)
         d_m = np.maximum(R - n_pre, 0.0)
     r_a = tau / (I_new + O1)
     saturated = r_b > r_a
@@ -307,38 +334,89 @@ def schedule(
     chunk = np.minimum(p_m, I_new)
     s_p = p_m / np.maximum(chunk, 1e-9)
     c_pre = np.maximum(pairs_per_token - (chunk + 1.0) / 2.0, 0.0)
-    # A prompt prefilled alone in k > 1 chunks runs k - 1 full chunks of the room the decodes
-    # leave and one tail (exact token counts and contexts, not their mean: a short tail costs
-    # about a decode step while a full chunk may be compute-bound).
+
+    # Mixed steps of two kinds (A and B, B a share w_b of them), at their exact compositions
+    # rather than the mean one (a short tail costs about a decode step while a full chunk may be
+    # compute-bound): a spread prompt alone in k > 1 chunks runs k - 1 full chunks and a tail;
+    # a bunched round runs S - 1 full groups and a remainder.
     room = np.maximum(tau - d_m, 1.0)
     k = _expect(input_len, lambda i: np.ceil(new_tokens(i) / room))
-    alone = ~saturated & (k > 1.0) & (f < 1.0)
-    tail = _expect(
-        input_len, lambda i: new_tokens(i) - (np.ceil(new_tokens(i) / room) - 1.0) * room
-    )
     cached = _expect(input_len, lambda i: i - new_tokens(i))
-    full_c = cached + np.maximum(k - 2.0, 0.0) / 2.0 * room
-    full = cost.mixed(d_m, ctx_d, np.where(alone, room, p_m), np.where(alone, 1.0, s_p),
-                      np.where(alone, full_c, c_pre))  # fmt: skip
-    if np.any(alone):
-        last = cost.mixed(d_m, ctx_d, np.where(alone, tail, p_m), np.where(alone, 1.0, s_p),
-                          np.where(alone, cached + (k - 1.0) * room, c_pre))  # fmt: skip
+    one = (d_m, p_m, s_p, c_pre)
+    if bunched:
+        two = ~saturated & (S > 1.0)
+        rem = np.maximum(R - (S - 1.0) * g, 1.0)
+        rest = np.maximum(R * I_new - (S - 1.0) * room, 1.0)
+        c_room = np.maximum(pairs_per_token - (np.minimum(room, I_new) + 1.0) / 2.0, 0.0)
+        c_rest = np.maximum(pairs_per_token - (np.minimum(rest, I_new) + 1.0) / 2.0, 0.0)
+        comp_a = (
+            np.where(whole, np.maximum(R - g, 0.0), d_m),
+            np.where(whole, g * I_new, room),
+            np.where(whole, g, room / np.minimum(room, I_new)),
+            np.where(whole, cached, c_room),
+        )
+        comp_b = (
+            np.where(whole, np.maximum(R - rem, 0.0), d_m),
+            np.where(whole, rem * I_new, rest),
+            np.where(whole, rem, rest / np.minimum(rest, I_new)),
+            np.where(whole, cached, c_rest),
+        )
+        # one group: every prompt of the unit in one step, no decodes beside it
+        comp_a = tuple(np.where(~saturated & (S <= 1.0) & whole, x, y) for x, y in zip(
+            (0.0, R * I_new, R, cached), comp_a, strict=True))  # fmt: skip
+        w_b = np.where(two, 1.0 / np.maximum(S, 1.0), 0.0)
     else:
-        last = full
-    w_last = np.where(alone, 1.0 / np.maximum(k, 1.0), 0.0)
-    t_m = (1.0 - w_last) * np.asarray(full.time_s) + w_last * np.asarray(last.time_s)
-    fm = (1.0 - w_last) * np.asarray(full.floor_s) + w_last * np.asarray(last.floor_s)
-    mixed = StepTiming(t_m, fm, full.comm_share, full.routing)
-    n_pre = np.where(saturated, np.maximum(R - d_m, 0.0), f * np.where(f > 0, n_pre, 0.0))
-    prefill_steps = np.maximum(n_pre / np.maximum(r, 1e-12), np.where(saturated, 1.0, k))
+        two = ~saturated & (f < 1.0) & (k > 1.0)
+        tail = _expect(
+            input_len, lambda i: new_tokens(i) - (np.ceil(new_tokens(i) / room) - 1.0) * room
+        )
+        comp_a = (d_m, room, 1.0, cached + np.maximum(k - 2.0, 0.0) / 2.0 * room)
+        comp_b = (d_m, tail, 1.0, cached + (k - 1.0) * room)
+        w_b = np.where(two, 1.0 / np.maximum(k, 1.0), 0.0)
+    use_a = ~saturated & (two | (bunched and (S <= 1.0)))
+    d_a, p_a, s_a, c_a = (np.where(use_a, x, y) for x, y in zip(comp_a, one, strict=True))
+    d_b, p_b, s_b, c_b = (np.where(two, x, y) for x, y in zip(comp_b, one, strict=True))
+    first = cost.mixed(d_a, ctx_d, p_a, s_a, c_a)
+    last = cost.mixed(d_b, ctx_d, p_b, s_b, c_b) if np.any(two) else first
+    t_a, t_b = np.asarray(first.time_s), np.asarray(last.time_s)
+    f_a, f_b = np.asarray(first.floor_s), np.asarray(last.floor_s)
+    t_m = (1.0 - w_b) * t_a + w_b * t_b
+    fm = (1.0 - w_b) * f_a + w_b * f_b
+    mixed = StepTiming(t_m, fm, first.comm_share, first.routing)
+
+    # Time a request spends prefilling, every step of it a mixed one: its chunks; saturated,
+    # also the wait for the budget (Little: requests prefilling per step over completions per
+    # step); a bunched prompt, the step of its group (or its stream of budget-filled steps).
+    waiting = np.maximum(R - d_m, 0.0) / np.maximum(r, 1e-12)
+    prefill_s = np.where(saturated, np.maximum(waiting, 1.0) * t_m, steps_pre * t_m)
+    prefill_floor = np.where(saturated, np.maximum(waiting, 1.0) * fm, steps_pre * fm)
+    if bunched:
+        whole_s = ((S - 1.0) * g * t_a + rem * t_b) / Rp
+        whole_f = ((S - 1.0) * g * f_a + rem * f_b) / Rp
+        share = np.clip((S - 1.0) * room / np.maximum(R * I_new, 1e-12), 0.0, 1.0)
+        extra = np.maximum(steps_pre - 1.0, 0.0)
+        stream_s = share * t_a + (1.0 - share) * t_b + extra * t_a
+        stream_f = share * f_a + (1.0 - share) * f_b + extra * f_a
+        single = S <= 1.0
+        prefill_s = np.where(
+            saturated, prefill_s, np.where(single, t_a, np.where(whole, whole_s, stream_s))
+        )
+        prefill_floor = np.where(
+            saturated, prefill_floor, np.where(single, f_a, np.where(whole, whole_f, stream_f))
+        )
+
     decode = cost.decode(R, ctx_d)
     t_d, fd = np.asarray(decode.time_s), np.asarray(decode.floor_s)
     step_s = f * t_m + (1.0 - f) * t_d
+    # decode tokens (and their step times) per mixed step, by kind
+    dd_m = (1.0 - w_b) * d_a + w_b * d_b
+    dt_m = (1.0 - w_b) * d_a * t_a + w_b * d_b * t_b
+    df_m = (1.0 - w_b) * d_a * f_a + w_b * d_b * f_b
     with np.errstate(divide="ignore", invalid="ignore"):
         X = r / step_s
-        dec_tokens = np.maximum(f * d_m + (1.0 - f) * R, 1e-12)  # decode tokens per step
-        tpot = np.where(O1 > 0, (f * d_m * t_m + (1.0 - f) * R * t_d) / dec_tokens, t_d)
-        tpot_floor = np.where(O1 > 0, (f * d_m * fm + (1.0 - f) * R * fd) / dec_tokens, fd)
+        dec_tokens = np.maximum(f * dd_m + (1.0 - f) * R, 1e-12)  # decode tokens per step
+        tpot = np.where(O1 > 0, (f * dt_m + (1.0 - f) * R * t_d) / dec_tokens, t_d)
+        tpot_floor = np.where(O1 > 0, (f * df_m + (1.0 - f) * R * fd) / dec_tokens, fd)
     return {
         "requests_per_step": r,
         "mixed_fraction": f,
@@ -355,8 +433,8 @@ def schedule(
         "tpot_floor_s": tpot_floor,
         # Time in the prefill state (Little: requests prefilling per step / completions per step),
         # every such step a mixed one: k chunks alone, longer when waiting for the budget.
-        "prefill_s": prefill_steps * t_m,
-        "prefill_floor_s": prefill_steps * fm,
+        "prefill_s": prefill_s,
+        "prefill_floor_s": prefill_floor,
         "decode_context": ctx_d,
         "input_tokens": I_new,
     }
@@ -488,8 +566,8 @@ def predict_inflight(
 def closed_loop(cost, *, clients, cap, input_len, output_len, token_budget, **kw) -> dict:
     """A closed loop of ``clients`` per scheduler unit (each sends its next request when the last
     one ends), at most ``cap`` of them holding a slot: :func:`schedule`'s keys plus ``running``,
-    ``e2e_latency_s`` = clients / X (Little), ``ttft_s`` = e2e - (O - 1) TPOT and
-    ``queue_delay_s`` (waiting for a slot)."""
+    ``queue_delay_s`` (waiting for a slot: the clients beyond ``cap`` over the throughput, Little),
+    ``ttft_s`` (that wait plus the time in prefill) and ``e2e_latency_s``."""
     clients = np.asarray(clients, dtype=float)
     R = np.minimum(clients, cap)
     st = schedule(
@@ -512,6 +590,7 @@ def closed_loop(cost, *, clients, cap, input_len, output_len, token_budget, **kw
 def _open_loop(cost, lam, cap, kw, iterations: int = 18):
     """Running count whose throughput equals ``lam`` (requests/s per unit), by bisection on
     [0, cap]; ``stable`` is False where even ``cap`` running requests serve less than ``lam``."""
+    kw = kw | {"arrivals": "poisson"}
     hi_state = schedule(cost, running=np.maximum(cap, 1e-6), **kw)
     stable = np.asarray(hi_state["requests_per_s"]) > lam
     lo, hi = np.zeros(np.shape(stable)) + 1e-6, np.maximum(cap, 1e-6) + np.zeros(np.shape(stable))
