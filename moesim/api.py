@@ -101,6 +101,7 @@ def run_prediction(
     tpot_slo=None,
     input_dist=None,
     output_dist=None,
+    arrivals="bunched",
 ) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON.
 
@@ -149,7 +150,7 @@ def run_prediction(
             concurrency=concurrency, rate=rate, max_throughput=max_throughput, engine=engine,
             token_budget=token_budget, max_batch=max_batch, ttft_slo=ttft_slo, tpot_slo=tpot_slo,
             input_dist=input_dist, output_dist=output_dist, breakdown=breakdown,
-            prefix_cache_hit_rate=prefix_cache_hit_rate,
+            prefix_cache_hit_rate=prefix_cache_hit_rate, arrivals=arrivals,
         )  # fmt: skip
     elif disaggregate:
         from moesim.engine.disagg import predict_disaggregated
@@ -220,6 +221,10 @@ def run_prediction(
     }
     if inflight:
         head["schedule"] = schedule
+        for key in ("concurrency", "token_budget", "max_batch"):
+            value = np.asarray(res.get(key, np.nan), dtype=float)
+            if value.ndim == 0 and np.isfinite(value) and float(value).is_integer():
+                res[key] = int(value)
         if input_dist:
             head["input_dist"] = input_dist
         if output_dist:
@@ -229,7 +234,7 @@ def run_prediction(
 
 def _inflight(m, hw, layout, ropts, *, input_len, output_len, concurrency, rate, max_throughput,
               engine, token_budget, max_batch, ttft_slo, tpot_slo, input_dist, output_dist,
-              breakdown, prefix_cache_hit_rate):  # fmt: skip
+              breakdown, prefix_cache_hit_rate, arrivals="bunched"):  # fmt: skip
     """In-flight batching: a closed loop, an open loop or the max-throughput search."""
     from moesim.engine import inflight as ifb
     from moesim.engine.presets import engine_preset
@@ -242,7 +247,8 @@ def _inflight(m, hw, layout, ropts, *, input_len, output_len, concurrency, rate,
     isl = ifb.LengthDist.parse(input_dist) if input_dist else input_len
     osl = ifb.LengthDist.parse(output_dist) if output_dist else output_len
     kw = dict(input_len=isl, output_len=osl, engine=eng, token_budget=token_budget,
-              max_batch=max_batch, routing=ropts, prefix_cache_hit_rate=prefix_cache_hit_rate)  # fmt: skip
+              max_batch=max_batch, routing=ropts, prefix_cache_hit_rate=prefix_cache_hit_rate,
+              arrivals=arrivals)  # fmt: skip
     if max_throughput:
         return ifb.max_throughput(
             m, hw, layout, ttft_slo=ttft_slo, tpot_slo=tpot_slo, **kw
@@ -309,4 +315,5 @@ def predict(
 _SERVING_KEYS = (
     "concurrency", "max_throughput", "engine", "token_budget", "max_batch", "ttft_slo",
     "tpot_slo", "rate", "prefix_cache_hit_rate", "disaggregate", "input_dist", "output_dist",
+    "arrivals",
 )  # fmt: skip

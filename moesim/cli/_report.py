@@ -14,17 +14,21 @@ _SECONDS = (
     "tpot_floor_s",
     "queue_delay_s",
     "ttft_with_queue_s",
+    "mixed_step_s",
+    "decode_step_s",
 )
 _RATES = (
     "output_tokens_per_s_per_gpu",
     "output_tokens_per_s_per_user",
     "prefill_tokens_per_s_per_gpu",
     "decode_tokens_per_s_per_gpu",
+    "total_tokens_per_s_per_gpu",
 )
 _BYTES = (
     "weights_bytes_per_gpu",
     "kv_cache_bytes_per_gpu",
     "activation_bytes_per_gpu",
+    "runtime_reserve_bytes_per_gpu",
     "memory_bytes_per_gpu",
     "memory_capacity_bytes_per_gpu",
 )
@@ -39,15 +43,26 @@ _RATIOS = (
     "max_concurrency",
     "power_w",
     "num_gpus",
+    "concurrency",
+    "token_budget",
+    "max_batch",
+    "running_seqs",
+    "mixed_step_fraction",
+    "kv_cache_occupancy",
 )
 
 
 def print_prediction(res: dict, breakdown: bool = False) -> None:
     lay = res.get("layout", {})
+    load = (
+        f"batch={res.get('batch')}"
+        if res.get("batch") is not None
+        else f"{res.get('engine')} {res.get('schedule')}: concurrency={res.get('concurrency')}"
+    )
     title = (
         f"{res.get('model')} on {res.get('hardware')}  "
         f"tp={lay.get('tp')} ep={lay.get('ep')} pp={lay.get('pp')} dp={lay.get('dp')}  "
-        f"{lay.get('dtype')}/{lay.get('kv_dtype')}  batch={res.get('batch')}  "
+        f"{lay.get('dtype')}/{lay.get('kv_dtype')}  {load}  "
         f"in={res.get('input_len')} out={res.get('output_len')}  phase={res.get('phase')}"
     )
     if not res.get("feasible", True):

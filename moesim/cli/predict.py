@@ -191,6 +191,12 @@ def predict_cmd(
         "--output-len-dist",
         help="In-flight modes: output lengths uniform:LO:HI | normal:MEAN:STD | file:PATH.",
     ),
+    arrivals: str = typer.Option(
+        "bunched",
+        "--arrivals",
+        help="--concurrency with fixed lengths: bunched (clients started together, as benchmark "
+        "clients are) or spread (desynchronised).",
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -240,6 +246,7 @@ def predict_cmd(
         tpot_slo=tpot_slo,
         input_dist=input_dist,
         output_dist=output_dist,
+        arrivals=arrivals,
     )
     if notes:
         result["notes"] = notes

@@ -482,7 +482,9 @@ def _setup(model, hw, layout, input_len, output_len, engine, token_budget, max_b
     else:
         ctx_len = model.max_position_embeddings or 32768
         engine_cap = sglang_max_running(kv["kv_tokens"], ctx_len)
-    cap_batch = engine_cap if max_batch is None else np.minimum(engine_cap, float(max_batch))
+    cap_batch = (
+        engine_cap if max_batch is None else np.minimum(engine_cap, np.asarray(max_batch, float))
+    )
     cap = np.minimum(cap_batch, kv["max_seqs"])
     groups = layout.arr("dp") * layout.arr("replicas")
     return _Setup(eng, groups, layout.arr("pp"), kv, cap_batch, cap)
@@ -512,6 +514,7 @@ def predict_inflight(
     routing=None,
     prefix_cache_hit_rate=0.0,
     breakdown: bool = False,
+    arrivals: str = "bunched",
 ) -> dict:
     """Serve under in-flight batching with chunked prefill: a closed loop of ``concurrency``
     clients, or (``rate``, requests/s over the layout) an open loop. Returns today's prediction
@@ -523,6 +526,8 @@ def predict_inflight(
     ``input_len`` / ``output_len``: token counts (arrays broadcast) or :class:`LengthDist`.
     ``engine``: vllm | sglang | trtllm or an :class:`~moesim.engine.presets.EngineConfig`;
     ``token_budget`` / ``max_batch`` override its per-step token budget and running cap.
+    ``arrivals`` (closed loop, fixed lengths): ``bunched`` (clients started together, as
+    benchmark clients are) or ``spread`` (desynchronised); see :func:`schedule`.
     """
     from moesim.cost.ops import routing_or_default
 
@@ -537,7 +542,7 @@ def predict_inflight(
               prefix_cache_hit_rate=prefix_cache_hit_rate)  # fmt: skip
     if concurrency is not None:
         units, c_unit, micro = _units(setup, concurrency)
-        loop = closed_loop(cost, clients=c_unit, cap=setup.cap / micro, **kw)
+        loop = closed_loop(cost, clients=c_unit, cap=setup.cap / micro, arrivals=arrivals, **kw)
         st, R, X = loop, loop["running"], loop["requests_per_s"]
         ttft, e2e, wait = loop["ttft_s"], loop["e2e_latency_s"], loop["queue_delay_s"]
         conc = np.asarray(concurrency, dtype=float)
@@ -708,6 +713,7 @@ def max_throughput(
     routing=None,
     prefix_cache_hit_rate=0.0,
     budgets=TOKEN_BUDGETS,
+    arrivals: str = "bunched",
 ) -> dict:
     """The concurrency and token budget with the most output tokens/s per GPU under memory (every
     admitted request's KV at full length), the engine's (or ``max_batch``) cap on running
@@ -734,7 +740,7 @@ def max_throughput(
     res = predict_inflight(
         model, hw, layout, concurrency=cands, input_len=input_len, output_len=output_len,
         engine=eng, token_budget=taus[:, None], max_batch=max_batch, routing=routing,
-        prefix_cache_hit_rate=prefix_cache_hit_rate,
+        prefix_cache_hit_rate=prefix_cache_hit_rate, arrivals=arrivals,
     )  # fmt: skip
     best = _pick(res, cands, taus, ttft_slo, tpot_slo)
     if best is not None and (ttft_slo is not None or tpot_slo is not None):
@@ -747,7 +753,7 @@ def max_throughput(
         res = predict_inflight(
             model, hw, layout, concurrency=cands, input_len=input_len, output_len=output_len,
             engine=eng, token_budget=taus[:, None], max_batch=max_batch, routing=routing,
-            prefix_cache_hit_rate=prefix_cache_hit_rate,
+            prefix_cache_hit_rate=prefix_cache_hit_rate, arrivals=arrivals,
         )  # fmt: skip
     shape = cands.shape
     ok = _meets(res, shape, ttft_slo, tpot_slo)
