@@ -48,6 +48,12 @@ def plan_cmd(
         help="Ways to serve to consider (repeat).",
     ),
     top: int = typer.Option(5, "--top", min=1, help="How many of the cheapest plans to list."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Engine model of aggregated plans: vllm (default), sglang, trtllm "
+        "(token budget, running cap, KV sizing).",
+    ),
     chart: str | None = typer.Option(
         None, "--chart", help="Write the throughput/interactivity chart to STEM.html/.svg/.png."
     ),
@@ -70,6 +76,7 @@ def plan_cmd(
         routing=routing_options(routing),
         top=top,
         modes=tuple(mode),
+        engine=engine,
     )
     written = []
     if chart:

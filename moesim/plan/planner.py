@@ -112,7 +112,17 @@ def _layout(grid: dict, dtype: str, kv_dtype: str, axis: bool = False) -> Layout
 
 
 def evaluate_hardware(
-    model, hw, grid, *, dtype, kv_dtype, routing, input_len, output_len, batches=BATCHES_PER_GROUP
+    model,
+    hw,
+    grid,
+    *,
+    dtype,
+    kv_dtype,
+    routing,
+    input_len,
+    output_len,
+    batches=BATCHES_PER_GROUP,
+    engine=None,
 ) -> dict:
     """Prefill ``[N]``, decode ``[N, B]`` and in-flight ``[N, B]`` steady states of every
     candidate, vectorised. A prefill pool batches as many prompts per DP group as the engine's
@@ -126,7 +136,7 @@ def evaluate_hardware(
         routing = with_offload(routing, model)
     flat = _layout(grid, dtype, kv_dtype)
     dp = grid["dp"].astype(float)
-    prompts = max(1.0, float(np.floor(engine_preset(None, hw).token_budget / input_len)))
+    prompts = max(1.0, float(np.floor(engine_preset(engine, hw).token_budget / input_len)))
     pre = serving.predict_phase(
         model, hw, flat, phase="prefill", batch=dp * prompts, input_len=input_len, routing=routing
     )
@@ -145,7 +155,7 @@ def evaluate_hardware(
     )
     agg = inflight.at_capacity(
         model, hw, grid2, running_per_group=b, input_len=input_len, output_len=output_len,
-        routing=routing,
+        routing=routing, engine=engine,
     )  # fmt: skip
     host_ok, _ = host_memory_check(model, hw, flat)
     return {
@@ -557,12 +567,15 @@ def plan(
     routing=None,
     top: int = 5,
     modes=MODES,
+    engine=None,
 ) -> PlanResult:
     """Search layouts on every hardware profile for the cheapest SLO-feasible way to serve ``rate``.
 
     model, hardware : names or loaded specs (``hardware`` may be a list)
     ttft_slo, tpot_slo : seconds; rate : requests/s (None: one replica at its SLO capacity)
     max_gpus : bound on the whole fleet (all replicas and pools)
+    engine : vllm (default) | sglang | trtllm: the token budget, running cap and memory rules of
+        the in-flight engine model (:mod:`moesim.engine.presets`)
     """
     from moesim.cost.ops import routing_or_default
     from moesim.spec import resolve
@@ -606,6 +619,7 @@ def plan(
             routing=routing,
             input_len=float(input_len),
             output_len=float(output_len),
+            engine=engine,
         )
         ev["hw"] = hw
         evals[hw.name], grids[hw.name] = ev, grid
@@ -677,6 +691,7 @@ def plan(
         "dtype": dtype,
         "kv_dtype": kv_dtype,
         "routing": getattr(routing.dist, "name", "uniform"),
+        "engine": engine or "vllm",
     }
     return PlanResult(
         best,
