@@ -303,3 +303,23 @@ def test_mixed_step_recombines_like_step():
         want = step(m, hw, lay, "prefill", 1.0, 3000.0, 0.0, ro, 1.0)
         assert float(got.time_s) == pytest.approx(float(want.time_s), rel=1e-12)
         assert float(got.floor_s) == pytest.approx(float(want.floor_s), rel=1e-12)
+
+
+def test_open_loop_rate():
+    """An arrival rate: the running count whose throughput is that rate; TTFT and TPOT grow with
+    the rate; past the engine's capacity the point is infeasible, with the reason."""
+    from moesim.engine.inflight import OVERLOAD_REASON, predict_inflight
+    from moesim.spec.deployment import Layout
+    from moesim.spec.hardware import load_hardware
+    from moesim.spec.model import load_model
+
+    m, hw = load_model("llama-3.1-8b"), load_hardware("h100-sxm")
+    rates = np.array([0.5, 2.0, 8.0, 16.0])
+    r = predict_inflight(m, hw, Layout(), rate=rates, input_len=1024, output_len=256)
+    assert np.all(np.diff(r["ttft_s"]) > 0) and np.all(np.diff(r["tpot_s"]) > 0)
+    assert np.allclose(r["requests_per_s"], rates, rtol=1e-3)  # it serves the rate
+    # Little's law: running requests = rate x time holding a slot (TTFT less the prefill queue)
+    hold = r["ttft_s"] - r["queue_delay_s"] + 255 * r["tpot_s"]
+    assert np.allclose(r["running_seqs"], rates * hold, rtol=0.1)
+    over = predict_inflight(m, hw, Layout(), rate=1e4, input_len=1024, output_len=256)
+    assert not bool(over["feasible"]) and over["reason"] == OVERLOAD_REASON
