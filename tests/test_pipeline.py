@@ -53,3 +53,14 @@ def test_decode_keeps_every_stage_busy():
                                 context_len=1024)  # fmt: skip
     ratio = float(four["decode_tokens_per_s_per_gpu"]) / float(one["decode_tokens_per_s_per_gpu"])
     assert 0.8 < ratio <= 1.0
+
+
+def test_chunked_prompt_pipelines_through_the_stages():
+    """An 8192-token prompt in 1024-token chunks (c = 8) on 4 stages: (pp + c - 1) = 11 stage
+    cycles, a cycle being a quarter of one chunk's time on one stage group (pp = 1)."""
+    m = load_model("llama-2-70b")
+    one = predict_inflight(m, HW, Layout(tp=2), concurrency=1, input_len=8192, output_len=2,
+                           token_budget=1024, routing=RO)["ttft_s"]  # fmt: skip
+    four = predict_inflight(m, HW, Layout(tp=2, pp=4), concurrency=1, input_len=8192,
+                            output_len=2, token_budget=1024, routing=RO)["ttft_s"]  # fmt: skip
+    assert float(four) == pytest.approx((4 + 8 - 1) / 4 * float(one) / 8, rel=0.03)

@@ -434,6 +434,7 @@ def schedule(
         # Time in the prefill state (Little: requests prefilling per step / completions per step),
         # every such step a mixed one: k chunks alone, longer when waiting for the budget.
         "prefill_s": prefill_s,
+        "prefill_steps": np.where(saturated, np.maximum(waiting, 1.0), steps_pre),
         "prefill_floor_s": prefill_floor,
         "decode_context": ctx_d,
         "input_tokens": I_new,
@@ -544,7 +545,9 @@ def predict_inflight(
         units, c_unit, micro = _units(setup, concurrency)
         loop = closed_loop(cost, clients=c_unit, cap=setup.cap / micro, arrivals=arrivals, **kw)
         st, R, X = loop, loop["running"], loop["requests_per_s"]
-        ttft, e2e, wait = loop["ttft_s"], loop["e2e_latency_s"], loop["queue_delay_s"]
+        wait = loop["queue_delay_s"]
+        ttft = wait + _pipelined(loop, layout)
+        e2e = ttft + np.maximum(_mean(output_len) - 1.0, 0.0) * st["tpot_s"]
         conc = np.asarray(concurrency, dtype=float)
         stable = np.ones(np.shape(X), dtype=bool)
     else:
@@ -554,7 +557,7 @@ def predict_inflight(
         from moesim.engine.queueing import pk_wait_s
 
         wait = pk_wait_s(lam, st["prefill_s"])
-        ttft = st["prefill_s"] + wait + st["step_s"] / 2.0
+        ttft = _pipelined(st, layout) + wait + st["step_s"] / 2.0
         X = np.where(stable, lam, st["requests_per_s"])
         e2e = ttft + np.maximum(_mean(output_len) - 1.0, 0.0) * st["tpot_s"]
         conc = R * units
@@ -566,6 +569,16 @@ def predict_inflight(
     if breakdown:
         out["breakdown"] = _breakdown(cost, st)
     return out
+
+
+def _pipelined(st: dict, layout: Layout) -> np.ndarray:
+    """A request's prefill time when its c chunks follow one another through the pp stages
+    (chunked pipelining): (pp + c - 1) stage cycles instead of c pipeline latencies of pp cycles
+    (the sends between stages are inside each latency and counted once per chunk here, an upper
+    bound). An unsplit prompt (c = 1) still crosses every stage in turn."""
+    pp = layout.arr("pp")
+    c = np.maximum(np.asarray(st["prefill_steps"], dtype=float), 1.0)
+    return st["prefill_s"] * (pp + c - 1.0) / (pp * c)
 
 
 def closed_loop(cost, *, clients, cap, input_len, output_len, token_budget, **kw) -> dict:
