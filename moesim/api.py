@@ -34,6 +34,8 @@ def build_layout(
     overlap="none",
     redundant_experts=0,
     offload=0.0,
+    gpu_memory_utilization=None,
+    kv_cache_free_gpu_memory_fraction=None,
 ) -> tuple[Layout, list[str]]:
     """A Layout from CLI-style integers. With ``nodes``, the GPU count nodes x gpus_per_node must
     match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention).
@@ -70,7 +72,10 @@ def build_layout(
         redundant_experts=redundant_experts,
         offload_fraction=offload,
         gpus_per_node=gpus_per_node,
+        kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
     )
+    if gpu_memory_utilization is not None:
+        layout = layout.with_(memory_utilization=gpu_memory_utilization)
     return layout, notes
 
 
@@ -79,7 +84,7 @@ def run_prediction(
     hardware,
     layout: Layout,
     *,
-    batch,
+    batch=None,
     input_len=1024,
     output_len=256,
     context_len=None,
@@ -91,11 +96,49 @@ def run_prediction(
     disaggregate=None,
     rate=None,
     prefix_cache_hit_rate=0.0,
+    concurrency=None,
+    max_throughput=False,
+    engine=None,
+    token_budget=None,
+    max_batch=None,
+    ttft_slo=None,
+    tpot_slo=None,
+    input_dist=None,
+    output_dist=None,
+    arrivals="bunched",
 ) -> dict:
-    """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON."""
+    """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON.
+
+    ``batch``: a static batch (prefill all, then decode). ``concurrency`` (closed loop),
+    ``rate`` without ``batch`` (open loop) or ``max_throughput``: in-flight batching with chunked
+    prefill (:mod:`moesim.engine.inflight`) under ``engine``'s token budget and running cap
+    (``token_budget`` / ``max_batch`` override them); ``ttft_slo`` / ``tpot_slo`` bound the
+    max-throughput search. ``input_dist`` / ``output_dist`` (``uniform:LO:HI``, ``normal:M:S``,
+    ``file:PATH``) replace the fixed lengths there.
+    """
     from moesim.engine import static as serving
 
     m, hw = resolve(model, hardware)
+    inflight = concurrency is not None or max_throughput or (rate is not None and batch is None)
+    if not inflight and batch is None:
+        raise MoesimError(
+            "give --batch (a static batch), --concurrency, --rate or --max-throughput"
+        )
+    if (ttft_slo is not None or tpot_slo is not None) and not max_throughput:
+        raise MoesimError("--ttft-slo / --tpot-slo bound the --max-throughput search; add it")
+    if inflight:
+        if batch is not None:
+            raise MoesimError(
+                "--batch is the static mode; drop it with --concurrency / --max-throughput"
+            )
+        if disaggregate:
+            raise MoesimError("--disaggregate sizes its own pools; use --batch with it")
+        if phase != "both":
+            raise MoesimError("--phase is for the static and pool modes; drop it here")
+        if concurrency is not None and (max_throughput or rate is not None):
+            raise MoesimError("give one of --concurrency, --rate and --max-throughput")
+        if max_throughput and rate is not None:
+            raise MoesimError("--max-throughput runs at an infinite rate; drop --rate")
     ropts = routing_options(routing, capacity_factor, block_m)
     if np.any(layout.arr("offload_fraction") > 0) and m.is_moe:
         from moesim.cost.offload import with_offload
@@ -105,7 +148,15 @@ def run_prediction(
         raise MoesimError(
             f"--ep {int(layout.arr('ep').max())} needs an MoE model; {m.name} is dense"
         )
-    if disaggregate:
+    if inflight:
+        res, schedule = _inflight(
+            m, hw, layout, ropts, input_len=input_len, output_len=output_len,
+            concurrency=concurrency, rate=rate, max_throughput=max_throughput, engine=engine,
+            token_budget=token_budget, max_batch=max_batch, ttft_slo=ttft_slo, tpot_slo=tpot_slo,
+            input_dist=input_dist, output_dist=output_dist, breakdown=breakdown,
+            prefix_cache_hit_rate=prefix_cache_hit_rate, arrivals=arrivals,
+        )  # fmt: skip
+    elif disaggregate:
         from moesim.engine.disagg import predict_disaggregated
 
         res = predict_disaggregated(
@@ -131,6 +182,7 @@ def run_prediction(
             routing=ropts,
             breakdown=breakdown,
             prefix_cache_hit_rate=prefix_cache_hit_rate,
+            engine=engine,
         )
         if rate is not None:
             from moesim.engine.queueing import add_queueing
@@ -149,11 +201,12 @@ def run_prediction(
             else (input_len + output_len / 2 if phase == "decode" else None),
             routing=ropts,
             breakdown=breakdown,
+            engine=engine,
         )
     head = {
         "model": m.name,
         "hardware": hw.name,
-        "phase": phase if not disaggregate else "disaggregated",
+        "phase": "inflight" if inflight else phase if not disaggregate else "disaggregated",
         "layout": {
             "tp": layout.tp,
             "ep": layout.ep,
@@ -171,6 +224,16 @@ def run_prediction(
         "calibration": hw.efficiency.source,
         "formats": _formats(m, hw, layout),
     }
+    if inflight:
+        head["schedule"] = schedule
+        for key in ("concurrency", "token_budget", "max_batch"):
+            value = np.asarray(res.get(key, np.nan), dtype=float)
+            if value.ndim == 0 and np.isfinite(value) and float(value).is_integer():
+                res[key] = int(value)
+        if input_dist:
+            head["input_dist"] = input_dist
+        if output_dist:
+            head["output_dist"] = output_dist
     out = head | squeeze(res)
     if m.is_moe:
         if "padding_waste" in out:  # the old name, kept: padded/useful - 1, not a fraction
@@ -195,6 +258,33 @@ def _formats(m, hw, layout) -> dict:
         return {"weight_dtype": layout.weight_dtype, "kv_dtype": layout.kv_dtype, "error": str(exc)}
 
 
+def _inflight(m, hw, layout, ropts, *, input_len, output_len, concurrency, rate, max_throughput,
+              engine, token_budget, max_batch, ttft_slo, tpot_slo, input_dist, output_dist,
+              breakdown, prefix_cache_hit_rate, arrivals="bunched"):  # fmt: skip
+    """In-flight batching: a closed loop, an open loop or the max-throughput search."""
+    from moesim.engine import inflight as ifb
+    from moesim.engine.presets import engine_preset
+
+    eng = engine_preset(engine, hw)
+    if layout.kv_cache_free_gpu_memory_fraction is None and layout.memory_utilization != 0.90:
+        eng = eng.with_(
+            memory_mode="gpu_memory_utilization", memory_fraction=layout.memory_utilization
+        )
+    isl = ifb.LengthDist.parse(input_dist) if input_dist else input_len
+    osl = ifb.LengthDist.parse(output_dist) if output_dist else output_len
+    kw = dict(input_len=isl, output_len=osl, engine=eng, token_budget=token_budget,
+              max_batch=max_batch, routing=ropts, prefix_cache_hit_rate=prefix_cache_hit_rate,
+              arrivals=arrivals)  # fmt: skip
+    if max_throughput:
+        return ifb.max_throughput(
+            m, hw, layout, ttft_slo=ttft_slo, tpot_slo=tpot_slo, **kw
+        ), "max-throughput"
+    res = ifb.predict_inflight(
+        m, hw, layout, concurrency=concurrency, rate=rate, breakdown=breakdown, **kw
+    )
+    return res, "concurrency" if concurrency is not None else "rate"
+
+
 def squeeze(obj):
     """0-d arrays to Python scalars, recursively."""
     if isinstance(obj, dict):
@@ -212,7 +302,7 @@ def predict(
     model,
     hardware,
     *,
-    batch,
+    batch=None,
     input_len=1024,
     output_len=256,
     phase="both",
@@ -221,10 +311,13 @@ def predict(
     capacity_factor=None,
     block_m=64,
     breakdown=False,
-    **layout_kw,
+    **kw,
 ) -> dict:
-    """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``."""
-    layout, notes = build_layout(model, hardware, **layout_kw)
+    """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``;
+    ``concurrency=64`` or ``max_throughput=True`` (with ``engine``, ``token_budget``,
+    ``max_batch``, ``ttft_slo``, ``tpot_slo``, ``rate``) for in-flight batching."""
+    serve = {k: kw.pop(k) for k in _SERVING_KEYS if k in kw}
+    layout, notes = build_layout(model, hardware, **kw)
     res = run_prediction(
         model,
         hardware,
@@ -238,7 +331,15 @@ def predict(
         capacity_factor=capacity_factor,
         block_m=block_m,
         breakdown=breakdown,
+        **serve,
     )
     if notes:
         res["notes"] = notes
     return res
+
+
+_SERVING_KEYS = (
+    "concurrency", "max_throughput", "engine", "token_budget", "max_batch", "ttft_slo",
+    "tpot_slo", "rate", "prefix_cache_hit_rate", "disaggregate", "input_dist", "output_dist",
+    "arrivals",
+)  # fmt: skip

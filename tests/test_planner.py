@@ -206,3 +206,20 @@ def test_plan_cli_table_and_errors():
         ],
     )
     assert res.exit_code != 0
+
+
+def test_aggregated_plans_use_the_in_flight_engine_model():
+    """A replica's capacity in the planner is the in-flight engine model's throughput with every
+    slot busy; short prompts ride along with the decodes (chunked prefill in mixed steps), so the
+    capacity stays near the decode-only bound instead of re-reading the weights per prompt."""
+    from moesim.engine.inflight import at_capacity, predict_inflight
+    from moesim.spec.deployment import Layout
+    from moesim.spec.hardware import load_hardware
+    from moesim.spec.model import load_model
+
+    m, hw, lay = load_model("llama-3.1-70b"), load_hardware("h100-sxm"), Layout(tp=4)
+    cap = at_capacity(m, hw, lay, running_per_group=64, input_len=128, output_len=256)
+    closed = predict_inflight(m, hw, lay, concurrency=64, input_len=128, output_len=256)
+    assert float(cap["requests_per_s"]) == pytest.approx(float(closed["requests_per_s"]))
+    decode_only = 64 / (255 * float(cap["decode_step_s"]) + float(cap["prefill_s"]))
+    assert float(cap["requests_per_s"]) > 0.9 * decode_only

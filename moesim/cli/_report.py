@@ -37,6 +37,16 @@ METRICS = (
     ("active_experts", "n", "experts with at least one token per layer"),
     ("padding_overhead", "ratio", "padded / routed rows - 1 (tile padding; was padding_waste)"),
     ("drop_rate", "ratio", "share of routed rows over expert capacity"),
+    ("mixed_step_s", "s", "a step carrying a prefill chunk and every running decode"),
+    ("decode_step_s", "s", "a decode-only step"),
+    ("total_tokens_per_s_per_gpu", "tok/s", "input + output tokens per second per GPU"),
+    ("runtime_reserve_bytes_per_gpu", "GB", "CUDA context, graph pool, NCCL/DeepEP, workspace"),
+    ("concurrency", "n", "requests in flight (closed loop) or chosen by --max-throughput"),
+    ("token_budget", "n", "tokens per engine step (prefill chunk + decodes)"),
+    ("max_batch", "n", "engine's cap on running sequences per scheduler"),
+    ("running_seqs", "n", "requests holding a slot, whole layout"),
+    ("mixed_step_fraction", "ratio", "share of steps that carry a prefill chunk"),
+    ("kv_cache_occupancy", "ratio", "live KV tokens / KV capacity"),
 )
 
 
@@ -68,9 +78,14 @@ def layout_label(lay: dict) -> str:
 
 def print_prediction(res: dict, breakdown: bool = False) -> None:
     lay = res.get("layout", {})
+    load = (
+        f"batch {res.get('batch')}"
+        if res.get("batch") is not None
+        else f"{res.get('engine')} {res.get('schedule')}, concurrency {res.get('concurrency')}"
+    )
     console.print(
         f"[bold]{res.get('model')}[/] on [bold]{res.get('hardware')}[/], {layout_label(lay)}, "
-        f"batch {res.get('batch')}, in {res.get('input_len')} / out {res.get('output_len')}, "
+        f"{load}, in {res.get('input_len')} / out {res.get('output_len')}, "
         f"phase {res.get('phase')}",
         width=TABLE_WIDTH,
     )

@@ -118,11 +118,20 @@ def _print_fit(cal, profile, path: Path, as_json: bool) -> None:
 
 
 def validate(
-    directory: Path = typer.Argument(
-        ..., help="Measurement directory written by `moesim profile`."
+    directory: Path | None = typer.Argument(
+        None, help="Measurement directory written by `moesim profile`."
     ),
-    profile: str = typer.Option(
-        ..., "--profile", "-p", help="Profile to score (name or YAML path)."
+    profile: str | None = typer.Option(
+        None, "--profile", "-p", help="Profile to score (name or YAML path)."
+    ),
+    e2e: str | None = typer.Option(
+        None,
+        "--e2e",
+        help="Score serving predictions against measured deployments: an e2e CSV (see README), "
+        "or 'aiconfigurator' for the silicon sample in the installed aiconfigurator-core wheel.",
+    ),
+    e2e_import_out: Path | None = typer.Option(
+        None, "--e2e-import-out", help="With --e2e: also write the rows read, as an e2e CSV."
     ),
     heldout_only: bool = typer.Option(
         False, "--heldout-only", help="Only the shapes the profile's fit held out."
@@ -134,11 +143,18 @@ def validate(
         help="Write roofline and predicted-vs-measured charts to PATH_STEM.{html,svg,png}.",
     ),
 ) -> None:
+    if e2e is not None:
+        from moesim.cli._e2e import run_e2e
+
+        return run_e2e(e2e, profile, e2e_import_out, chart, as_json)
     from moesim.calibrate.validate import scored_rows
     from moesim.calibrate.validate import validate as run_validate
     from moesim.cli._common import print_json
+    from moesim.errors import MoesimError
     from moesim.spec.hardware import load_hardware
 
+    if directory is None or profile is None:
+        raise MoesimError("validate needs a measurement directory and --profile (or --e2e FILE)")
     hw = load_hardware(profile)
     report = run_validate(directory, hw, heldout_only)
     if chart is not None:

@@ -58,6 +58,12 @@ def plan_cmd(
         help="Ways to serve to consider (repeat).",
     ),
     top: int = typer.Option(5, "--top", min=1, help="How many of the cheapest plans to list."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Engine model of aggregated plans: vllm (default), sglang, trtllm "
+        "(token budget, running cap, KV sizing).",
+    ),
     chart: str | None = typer.Option(
         None, "--chart", help="Write the throughput/interactivity chart to STEM.html/.svg/.png."
     ),
@@ -104,6 +110,7 @@ def plan_cmd(
         top=max(top, pick),
         modes=tuple(mode),
         memory_utilization=gpu_memory_utilization,
+        engine=engine,
     )
     result.request["formats"] = fmt.to_dict()
     result.request["gpu_memory_utilization"] = gpu_memory_utilization

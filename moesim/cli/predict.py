@@ -64,8 +64,12 @@ def predict_cmd(
     hardware: str = typer.Option(
         ..., "--hardware", "-H", help="Hardware profile name (moesim hw list) or YAML path."
     ),
-    batch: int = typer.Option(
-        ..., "--batch", "-b", min=1, help="Concurrent sequences across the whole layout."
+    batch: int | None = typer.Option(
+        None,
+        "--batch",
+        "-b",
+        min=1,
+        help="Static batch: sequences prefilled together, then decoded (across the layout).",
     ),
     input_len: int = typer.Option(1024, "--input-len", min=1, help="Prompt tokens per request."),
     output_len: int = typer.Option(
@@ -156,8 +160,73 @@ def predict_cmd(
     price_usd_per_hour: float | None = typer.Option(
         None, "--price-usd-per-hour", min=0.0, help=PRICE_HELP
     ),
+    concurrency: int | None = typer.Option(
+        None,
+        "--concurrency",
+        "-c",
+        min=1,
+        help="In-flight batching: C clients in a closed loop, as benchmark clients run.",
+    ),
+    max_throughput: bool = typer.Option(
+        False,
+        "--max-throughput",
+        help="In-flight batching at an infinite rate: the best concurrency and token budget "
+        "under memory (and --ttft-slo / --tpot-slo, --max-batch), like trtllm-bench.",
+    ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Engine whose scheduler and memory defaults to use: vllm (default), sglang, trtllm.",
+    ),
+    token_budget: int | None = typer.Option(
+        None,
+        "--token-budget",
+        min=1,
+        help="Tokens per step (vLLM max_num_batched_tokens, SGLang chunked_prefill_size, "
+        "TRT-LLM max_num_tokens); default the engine's.",
+    ),
+    max_batch: int | None = typer.Option(
+        None,
+        "--max-batch",
+        min=1,
+        help="Cap on running sequences per scheduler (vLLM max_num_seqs, SGLang "
+        "max_running_requests, TRT-LLM max_batch_size); default the engine's.",
+    ),
+    ttft_slo: float | None = typer.Option(
+        None, "--ttft-slo", min=0.0, help="--max-throughput: time-to-first-token bound, seconds."
+    ),
+    tpot_slo: float | None = typer.Option(
+        None, "--tpot-slo", min=0.0, help="--max-throughput: time-per-output-token bound, seconds."
+    ),
     gpu_memory_utilization: float | None = typer.Option(
-        None, "--gpu-memory-utilization", min=0.01, max=1.0, help=GPU_MEMORY_HELP
+        None,
+        "--gpu-memory-utilization",
+        min=0.01,
+        max=1.0,
+        help="vLLM semantics: share of the GPU memory for weights, activations and KV (0.9).",
+    ),
+    kv_cache_free_gpu_memory_fraction: float | None = typer.Option(
+        None,
+        "--kv-cache-free-gpu-memory-fraction",
+        min=0.01,
+        max=1.0,
+        help="TensorRT-LLM semantics: share of the memory left after weights for the KV cache.",
+    ),
+    input_dist: str | None = typer.Option(
+        None,
+        "--input-len-dist",
+        help="In-flight modes: prompt lengths uniform:LO:HI | normal:MEAN:STD | file:PATH.",
+    ),
+    output_dist: str | None = typer.Option(
+        None,
+        "--output-len-dist",
+        help="In-flight modes: output lengths uniform:LO:HI | normal:MEAN:STD | file:PATH.",
+    ),
+    arrivals: str = typer.Option(
+        "bunched",
+        "--arrivals",
+        help="--concurrency with fixed lengths: bunched (clients started together, as benchmark "
+        "clients are) or spread (desynchronised).",
     ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -181,6 +250,8 @@ def predict_cmd(
         overlap=overlap.value,
         redundant_experts=redundant_experts,
         offload=offload,
+        gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
     )
     if gpu_memory_utilization is not None:
         layout = layout.with_(memory_utilization=gpu_memory_utilization)
@@ -200,6 +271,16 @@ def predict_cmd(
         disaggregate=disaggregate,
         rate=rate,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
+        concurrency=concurrency,
+        max_throughput=max_throughput,
+        engine=engine,
+        token_budget=token_budget,
+        max_batch=max_batch,
+        ttft_slo=ttft_slo,
+        tpot_slo=tpot_slo,
+        input_dist=input_dist,
+        output_dist=output_dist,
+        arrivals=arrivals,
     )
     result["layout"]["memory_utilization"] = layout.memory_utilization
     result["price_usd_per_hour"] = resolve(model, hardware)[1].price_usd_per_hour

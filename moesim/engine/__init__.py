@@ -1,5 +1,7 @@
-"""How an engine turns steps into service: static batches, disaggregated pools, queueing and the
-memory an engine accounts, giving TTFT, TPOT, tokens/s per GPU and $/Mtok.
+"""How an engine turns steps into service: static batches, in-flight batching with chunked
+prefill (``inflight``), disaggregated pools, queueing, the engines' scheduler and memory defaults
+(``presets``) and the memory an engine accounts (``memory``), giving TTFT, TPOT, tokens/s per GPU
+and $/Mtok.
 
 Builds on ``cost``; knows nothing of sweeps or planning (``plan``).
 """

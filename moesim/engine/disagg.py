@@ -189,6 +189,7 @@ def predict_disaggregated(
     """
     from moesim.cost.offload import with_offload
     from moesim.engine import static as serving
+    from moesim.engine.memory import max_concurrency
     from moesim.engine.queueing import UNSTABLE_REASON, pk_wait_s
 
     if not 0 < max_utilization < 1:
@@ -274,7 +275,7 @@ def predict_disaggregated(
             "memory_bytes_per_gpu": dec["memory_bytes_per_gpu"],
             "prefill_memory_bytes_per_gpu": pre["memory_bytes_per_gpu"],
             "memory_capacity_bytes_per_gpu": dec["memory_capacity_bytes_per_gpu"],
-            "max_concurrency": _max_concurrency(dec, d.layout, batch) * n_d,
+            "max_concurrency": max_concurrency(model, d.hw, d.layout, input_len, output_len) * n_d,
             "usd_per_million_output_tokens": usd_per_s / out_tps * 1e6,
             "usd_per_million_input_tokens": prefill_gpus
             * p.hw.price_usd_per_hour
@@ -313,22 +314,6 @@ def predict_disaggregated(
             "decode": dec["breakdown"]["decode"],
         }
     return res
-
-
-def _max_concurrency(dec: dict, layout: Layout, batch) -> np.ndarray:
-    """Sequences one decode instance can hold: free HBM over KV bytes per sequence."""
-    seqs = np.asarray(batch, dtype=float) / layout.arr("dp")
-    kv_per_seq = np.asarray(dec["kv_cache_bytes_per_gpu"]) / np.maximum(seqs, 1e-12)
-    usable = np.asarray(dec["memory_capacity_bytes_per_gpu"]) * layout.memory_utilization
-    free = (
-        usable
-        - np.asarray(dec["weights_bytes_per_gpu"])
-        - np.asarray(dec["activation_bytes_per_gpu"])
-    )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(
-            kv_per_seq > 0, np.floor(np.maximum(free, 0.0) / kv_per_seq), 0.0
-        ) * layout.arr("dp")
 
 
 def _combine_reasons(model, pre: dict, dec: dict, p: Pool, d: Pool):

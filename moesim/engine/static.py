@@ -13,12 +13,33 @@ import numpy as np
 
 from moesim.cost.ops import RoutingOptions
 from moesim.cost.step import OpTiming, StepResult, evaluate_ops, step  # noqa: F401 (re-exported)
-from moesim.engine.memory import memory_per_gpu
+from moesim.engine import memory as mem
+from moesim.engine.memory import memory_per_gpu  # noqa: F401 (re-exported)
 from moesim.spec.deployment import Layout, check_layout
 
 # Prefill is processed in chunks of at most this many tokens per GPU (vLLM's
 # max_num_batched_tokens); it bounds activation memory, not the work.
 DEFAULT_MAX_BATCHED_TOKENS = 16384
+
+
+def prefill_micro_batches(layout: Layout, seqs) -> np.ndarray:
+    """Micro-batches a static prefill of ``seqs`` sequences per DP group runs as: a prompt is
+    never split, so at most one per sequence, at most one per stage."""
+    whole = np.maximum(np.floor(np.asarray(seqs, dtype=float)), 1.0)
+    return np.minimum(whole, layout.arr("pp"))
+
+
+def pipeline_fill(
+    result: StepResult, layout: Layout, micro_batches
+) -> tuple[np.ndarray, np.ndarray]:
+    """(time, floor) until the last of ``micro_batches`` micro-batches leaves the last stage:
+    (pp + m - 1) x cycle + (pp - 1) x p2p (GPipe), from a step evaluated with m micro-batches,
+    whose ``time_s`` is pp x cycle + (pp - 1) x p2p."""
+    pp = layout.arr("pp")
+    p2p = sum((t.time_s for t in result.ops if t.name == "pp.send"), np.asarray(0.0))
+    cycle = (result.time_s - (pp - 1.0) * p2p) / pp
+    extra = np.asarray(micro_batches, dtype=float) - 1.0
+    return result.time_s + extra * cycle, result.floor_s + extra * result.floor_s / pp
 
 
 def predict(
@@ -33,6 +54,7 @@ def predict(
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
     breakdown: bool = False,
     prefix_cache_hit_rate=0.0,
+    engine=None,
 ) -> dict:
     """Serve a static batch of ``batch`` requests (across the whole layout): prefill all prompts,
     then decode ``output_len`` tokens each. Returns a dict of numpy arrays (broadcast over every
@@ -41,6 +63,8 @@ def predict(
     ``prefix_cache_hit_rate`` is the share of each prompt found in the prefix cache (vLLM
     automatic prefix caching, SGLang RadixAttention): those tokens are not recomputed, but the
     new ones still attend to them, so prefill runs the rest with the hit as cached context.
+    ``engine`` (a name or :class:`~moesim.engine.presets.EngineConfig`) sets how memory is
+    accounted; default vLLM's, with the layout's ``memory_utilization``.
     """
     layout = layout or Layout()
     batch = np.asarray(batch, dtype=float)
@@ -52,17 +76,40 @@ def predict(
     hit = np.clip(np.asarray(prefix_cache_hit_rate, dtype=float), 0.0, 1.0)
     cached = np.floor(input_len * hit)
     new = np.maximum(input_len - cached, 1.0)  # the last prompt token is always computed
-    prefill = step(model, hw, layout, "prefill", seqs, new, input_len - new, routing)
+    mb = prefill_micro_batches(layout, seqs)
+    prefill = step(model, hw, layout, "prefill", seqs, new, input_len - new, routing, mb)
+    prefill.time_s, prefill.floor_s = pipeline_fill(prefill, layout, mb)
     # Static batch: decode steps see contexts input+1 .. input+output-1; KV reads are linear in
     # context, so the step at the mean context gives the mean step time.
     mean_ctx = input_len + output_len / 2.0
     decode = step(model, hw, layout, "decode", seqs, 1.0, mean_ctx, routing)
     out = _metrics(
-        model, hw, layout, batch, seqs, input_len, output_len, prefill, decode, max_batched_tokens
-    )
+        model, hw, layout, batch, seqs, input_len, output_len, prefill, decode,
+        max_batched_tokens, engine,
+    )  # fmt: skip
     if breakdown:
         out["breakdown"] = {"prefill": _rows(prefill), "decode": _rows(decode)}
     return out
+
+
+def memory_fit(model, hw, layout: Layout, seqs, context_len, max_tokens, engine=None) -> dict:
+    """Weights, KV, activations and the runtime reserve of a batch, against what the engine's
+    memory option leaves for them: ``usable_bytes_per_gpu`` is weights + activations + reserve +
+    the KV budget, so the batch fits iff ``memory_bytes_per_gpu <= usable_bytes_per_gpu``."""
+    from moesim.engine.presets import engine_preset
+
+    eng = engine_preset(engine, hw) if engine is None or isinstance(engine, str) else engine
+    weights, kv, act = memory_per_gpu(model, hw, layout, seqs, context_len, max_tokens)
+    reserve = mem.runtime_reserve(model, hw, layout, eng)["in_budget_bytes"]
+    budget = mem.kv_budget_bytes(model, hw, layout, weights, act, eng)
+    return {
+        "weights_bytes_per_gpu": weights,
+        "kv_cache_bytes_per_gpu": kv,
+        "activation_bytes_per_gpu": act,
+        "runtime_reserve_bytes_per_gpu": reserve,
+        "memory_bytes_per_gpu": weights + kv + act + reserve,
+        "usable_bytes_per_gpu": weights + act + reserve + budget,
+    }
 
 
 def _metrics(
@@ -76,6 +123,7 @@ def _metrics(
     prefill: StepResult,
     decode: StepResult,
     max_batched_tokens,
+    engine=None,
 ):
     gpus = layout.num_gpus
     ttft = prefill.time_s
@@ -86,19 +134,11 @@ def _metrics(
 
     possible, reason = check_layout(model, layout)
     max_tokens = np.minimum(seqs * input_len, max_batched_tokens)
-    weights, kv, act = memory_per_gpu(model, hw, layout, seqs, input_len + output_len, max_tokens)
-    usable = hw.hbm_capacity_bytes * layout.memory_utilization
-    total = weights + kv + act
-    kv_per_seq = np.where(seqs > 0, kv / np.where(seqs > 0, seqs, 1.0), 0.0)
-    free = usable - weights - act
-    with np.errstate(divide="ignore", invalid="ignore"):
-        max_conc = (
-            np.where(kv_per_seq > 0, np.floor(np.maximum(free, 0) / kv_per_seq), 0.0)
-            * layout.arr("dp")
-            * layout.arr("replicas")
-        )
+    fit = memory_fit(model, hw, layout, seqs, input_len + output_len, max_tokens, engine)
+    total, usable = fit["memory_bytes_per_gpu"], fit["usable_bytes_per_gpu"]
+    max_conc = mem.max_concurrency(model, hw, layout, input_len, output_len, engine)
     shape = np.broadcast(total, possible, batch).shape
-    feasible, reason = feasibility(reason, total, weights, usable, seqs, shape)
+    feasible, reason = feasibility(reason, total, fit["weights_bytes_per_gpu"], usable, seqs, shape)
 
     stats = decode.routing
     res = {
@@ -110,9 +150,10 @@ def _metrics(
         "prefill_tokens_per_s_per_gpu": batch * input_len / ttft / gpus,
         "decode_tokens_per_s_per_gpu": batch / tpot / gpus,
         "num_gpus": gpus,
-        "weights_bytes_per_gpu": weights,
-        "kv_cache_bytes_per_gpu": kv,
-        "activation_bytes_per_gpu": act,
+        "weights_bytes_per_gpu": fit["weights_bytes_per_gpu"],
+        "kv_cache_bytes_per_gpu": fit["kv_cache_bytes_per_gpu"],
+        "activation_bytes_per_gpu": fit["activation_bytes_per_gpu"],
+        "runtime_reserve_bytes_per_gpu": fit["runtime_reserve_bytes_per_gpu"],
         "memory_bytes_per_gpu": total,
         "memory_capacity_bytes_per_gpu": np.asarray(hw.hbm_capacity_bytes),
         "max_concurrency": max_conc,
@@ -130,13 +171,13 @@ def _metrics(
     return res
 
 
-def feasibility(layout_reason, total, weights, usable: float, seqs, shape):
+def feasibility(layout_reason, total, weights, usable, seqs, shape):
     """(feasible, reason) arrays of ``shape``: the layout's own reason first, then memory fit,
     then a batch too small to give every DP group a sequence. Memory reasons carry the numbers,
-    formatted once per distinct (need, weights) pair so a million points cost one sort."""
+    formatted once per distinct (need, weights, usable) triple so a million points cost one sort."""
     layout_reason = np.asarray(layout_reason, dtype=object)
     bad_layout = np.broadcast_to(layout_reason != "", shape)
-    no_fit = np.broadcast_to(np.asarray(total) > usable, shape) & ~bad_layout
+    no_fit = np.broadcast_to(np.asarray(total) > np.asarray(usable), shape) & ~bad_layout
     small = np.broadcast_to(np.asarray(seqs) < 1, shape) & ~bad_layout & ~no_fit
     reason = np.full(shape, "", dtype=object)
     if np.any(bad_layout):
@@ -144,13 +185,13 @@ def feasibility(layout_reason, total, weights, usable: float, seqs, shape):
     if np.any(no_fit):
         need = np.round(np.broadcast_to(np.asarray(total) / 1e8, shape)[no_fit])
         held = np.round(np.broadcast_to(np.asarray(weights) / 1e8, shape)[no_fit])
-        key = need.astype(np.int64) * (1 << 32) + held.astype(np.int64)
-        keys, inverse = np.unique(key, return_inverse=True)
+        room = np.round(np.broadcast_to(np.maximum(np.asarray(usable), 0.0) / 1e8, shape)[no_fit])
+        key = np.stack([need, held, room], axis=-1).astype(np.int64)
+        keys, inverse = np.unique(key, axis=0, return_inverse=True)
         text = np.array(
             [
-                f"needs {(k >> 32) / 10:.1f} GB per GPU ({(k & 0xFFFFFFFF) / 10:.1f} GB weights), "
-                f"{usable / 1e9:.1f} GB usable"
-                for k in keys.tolist()
+                f"needs {n / 10:.1f} GB per GPU ({w / 10:.1f} GB weights), {u / 10:.1f} GB usable"
+                for n, w, u in keys.tolist()
             ],
             dtype=object,
         )
@@ -207,6 +248,7 @@ def predict_phase(
     routing: RoutingOptions | None = None,
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
     breakdown: bool = False,
+    engine=None,
 ) -> dict:
     """One pool's steady state. ``phase='decode'``: ``batch`` sequences (whole layout) each at
     ``context_len`` tokens of context -> ``tpot_s``, ``decode_tokens_per_s_per_gpu``.
@@ -233,7 +275,9 @@ def predict_phase(
         }
         mem_ctx, max_tokens = ctx, seqs
     elif phase == "prefill":
-        res = step(model, hw, layout, "prefill", seqs, input_len, 0.0, routing)
+        mb = prefill_micro_batches(layout, seqs)
+        res = step(model, hw, layout, "prefill", seqs, input_len, 0.0, routing, mb)
+        res.time_s, res.floor_s = pipeline_fill(res, layout, mb)
         tps = batch * input_len / res.time_s
         out = {
             "ttft_s": res.time_s,
@@ -245,16 +289,18 @@ def predict_phase(
         mem_ctx, max_tokens = input_len, np.minimum(seqs * input_len, max_batched_tokens)
     else:
         raise ValueError(f"phase must be 'prefill' or 'decode', not {phase!r}")
-    weights, kv, act = memory_per_gpu(model, hw, layout, seqs, mem_ctx, max_tokens)
-    usable = hw.hbm_capacity_bytes * layout.memory_utilization
-    total = weights + kv + act
+    fit = memory_fit(model, hw, layout, seqs, mem_ctx, max_tokens, engine)
+    total = fit["memory_bytes_per_gpu"]
     shape = np.broadcast(total, possible, batch).shape
-    feasible, reason = feasibility(reason, total, weights, usable, seqs, shape)
+    feasible, reason = feasibility(
+        reason, total, fit["weights_bytes_per_gpu"], fit["usable_bytes_per_gpu"], seqs, shape
+    )
     out.update(
         num_gpus=gpus,
-        weights_bytes_per_gpu=weights,
-        kv_cache_bytes_per_gpu=kv,
-        activation_bytes_per_gpu=act,
+        weights_bytes_per_gpu=fit["weights_bytes_per_gpu"],
+        kv_cache_bytes_per_gpu=fit["kv_cache_bytes_per_gpu"],
+        activation_bytes_per_gpu=fit["activation_bytes_per_gpu"],
+        runtime_reserve_bytes_per_gpu=fit["runtime_reserve_bytes_per_gpu"],
         memory_bytes_per_gpu=total,
         memory_capacity_bytes_per_gpu=np.asarray(hw.hbm_capacity_bytes),
         feasible=feasible,

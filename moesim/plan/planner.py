@@ -5,14 +5,15 @@ offloaded to host memory) are numpy arrays, and every candidate batch is one mor
 serving model is called once for prefill ``[layouts]`` and once for decode ``[layouts, batches]``
 per hardware, never per layout. Three ways to serve are then costed from those arrays:
 
-aggregated (one pool does both phases; continuous batching with prefill first, as vLLM does)
-    A replica decodes B sequences with step time t_d and prefills one prompt per DP group in
-    t_p, i.e. S = t_p / dp seconds of replica time per request. At λ requests/s per replica
-    prefill takes a share λS of the time, so decode steps stretch to TPOT = t_d / (1 - λS)
-    (prefill-decode interference; Sarathi-Serve, Agrawal et al. OSDI'24; DistServe section 2).
-    A request holds a decode slot for (n_out - 1) TPOT, so by Little's law B = λ (n_out - 1) TPOT,
-    giving the replica's capacity λ_max = B / ((n_out - 1) t_d + B S). TTFT = P-K wait of the
-    prefill queue (:mod:`moesim.engine.queueing`) + t_d / 2 (the decode step in flight) + t_p.
+aggregated (one pool does both phases: in-flight batching with chunked prefill)
+    The engine model of :mod:`moesim.engine.inflight` (Sarathi-Serve's schedule under the
+    engine's token budget, vLLM's by default): a replica with B running sequences per DP group
+    completes up to λ_cap requests/s with TPOT_cap (decodes slowed by the mixed steps that carry
+    prefill chunks). At λ < λ_cap the share of mixed steps falls in proportion, so
+    TPOT(λ) = t_d + (TPOT_cap - t_d) λ / λ_cap (t_d: a decode-only step). Each scheduler (DP
+    group x micro-batch) is an FCFS prefill queue with service S = a request's chunked prefill
+    time, so TTFT = S + t_d / 2 (the step in flight) + the M/G/1 wait at λ / servers
+    (:mod:`moesim.engine.queueing`).
 offload
     aggregated, with a share of each GPU's experts in host memory (:mod:`moesim.cost.offload`).
 disaggregated
@@ -126,17 +127,27 @@ def evaluate_hardware(
     output_len,
     batches=BATCHES_PER_GROUP,
     memory_utilization=0.90,
+    engine=None,
 ) -> dict:
-    """Prefill ``[N]`` and decode ``[N, B]`` steady states of every candidate, two vectorised calls."""
+    """Prefill ``[N]``, decode ``[N, B]`` and in-flight ``[N, B]`` steady states of every
+    candidate, vectorised. A prefill pool batches as many prompts per DP group as the engine's
+    token budget holds (at least one)."""
     from moesim.cost.offload import host_memory_check, with_offload
+    from moesim.engine import inflight
     from moesim.engine import static as serving
+    from moesim.engine.presets import engine_preset
 
     if np.any(grid["offload_fraction"] > 0):
         routing = with_offload(routing, model)
     flat = _layout(grid, dtype, kv_dtype, memory_utilization=memory_utilization)
+    if memory_utilization != 0.90:  # an explicit --gpu-memory-utilization sizes the KV cache
+        engine = engine_preset(engine, hw).with_(
+            memory_mode="gpu_memory_utilization", memory_fraction=memory_utilization
+        )
     dp = grid["dp"].astype(float)
+    prompts = max(1.0, float(np.floor(engine_preset(engine, hw).token_budget / input_len)))
     pre = serving.predict_phase(
-        model, hw, flat, phase="prefill", batch=dp, input_len=input_len, routing=routing
+        model, hw, flat, phase="prefill", batch=dp * prompts, input_len=input_len, routing=routing
     )
     grid2 = _layout(grid, dtype, kv_dtype, axis=True, memory_utilization=memory_utilization)
     b = np.asarray(batches, dtype=float)[None, :]
@@ -151,10 +162,16 @@ def evaluate_hardware(
         context_len=ctx,
         routing=routing,
     )
+    agg = inflight.at_capacity(
+        model, hw, grid2, running_per_group=b, input_len=input_len, output_len=output_len,
+        routing=routing, engine=engine,
+    )  # fmt: skip
     host_ok, _ = host_memory_check(model, hw, flat)
     return {
         "pre": pre,
         "dec": dec,
+        "agg": agg,
+        "prompts": prompts,
         "host_ok": host_ok,
         "seqs": b,
         "gpus": flat.gpus_per_replica,
@@ -187,21 +204,32 @@ def _max_rate_for_slos(t_p, t_d, service, ttft_slo, tpot_slo, ttft_extra=0.0):
 def _aggregated(
     model, hw, ev, grid, rate, input_len, output_len, ttft_slo, tpot_slo, max_gpus
 ) -> pd.DataFrame:
-    from moesim.engine.queueing import pk_wait_s
+    from moesim.engine.queueing import max_utilization_for_wait, pk_wait_s
 
-    pre, dec = ev["pre"], ev["dec"]
+    pre, dec, agg = ev["pre"], ev["dec"], ev["agg"]
     dp = grid["dp"].astype(float)[:, None]
     G = ev["gpus"][:, None]
-    t_p = np.asarray(pre["ttft_s"])[:, None]
-    S = t_p / dp
-    t_d = np.asarray(dec["tpot_s"])
+    cap = np.asarray(agg["requests_per_s"])  # replica capacity, requests/s
+    tpot_cap = np.asarray(agg["tpot_s"])
+    t_d = np.asarray(agg["decode_step_s"])
+    S = np.asarray(agg["prefill_s"])  # one request's chunked prefill
+    servers = np.asarray(agg["prefill_servers"])
     B = dp * ev["seqs"]
     ok_mem = (
-        np.asarray(dec["feasible"]) & np.asarray(pre["feasible"])[:, None] & ev["host_ok"][:, None]
+        np.asarray(agg["fits"])
+        & np.asarray(dec["feasible"])
+        & np.asarray(pre["feasible"])[:, None]
+        & ev["host_ok"][:, None]
     )
-    hold = np.maximum(output_len - 1.0, 1.0)
-    cap = B / (hold * t_d + B * S)  # replica capacity, requests/s (module docstring)
-    tpot_rate, ttft_rate = _max_rate_for_slos(t_p, t_d, S, ttft_slo, tpot_slo, ttft_extra=t_d / 2.0)
+    rise = np.maximum(tpot_cap - t_d, 0.0)  # TPOT(λ) = t_d + rise λ / cap (module docstring)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot_rate = np.where(
+            t_d < tpot_slo, np.where(rise > 0, cap * (tpot_slo - t_d) / rise, np.inf), 0.0
+        )
+        slack = ttft_slo - S - t_d / 2.0
+        ttft_rate = np.where(
+            slack > 0, servers * max_utilization_for_wait(slack, S) / np.where(S > 0, S, 1.0), 0.0
+        )
     lam_max = np.minimum(cap, np.minimum(tpot_rate, ttft_rate))
 
     def size(limit):
@@ -220,9 +248,8 @@ def _aggregated(
 
     def metrics(n, lam):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            busy = lam * S
-            tpot = t_d / np.maximum(1.0 - busy, 1e-12)
-            ttft = t_p + t_d / 2.0 + pk_wait_s(lam, S)
+            tpot = t_d + rise * np.minimum(lam / cap, 1.0)
+            ttft = S + t_d / 2.0 + pk_wait_s(lam / servers, S)
             gpus = n * G
             price_h = gpus * hw.price_usd_per_hour
             out_rate = (rate if rate else lam) * output_len
@@ -239,8 +266,8 @@ def _aggregated(
                 "usd_per_million_input_tokens": G
                 * hw.price_usd_per_hour
                 / 3600.0
-                * S
-                / input_len
+                / cap
+                / (input_len + output_len)
                 * 1e6
                 + 0.0 * n,
                 "power_w": gpus * hw.tdp_w,
@@ -259,17 +286,11 @@ def _aggregated(
             cons == 1,
             "tpot-slo",
             _bound_of_decode(
-                ok_mem, tpot_fits, np.asarray(dec["decode_comm_share"]) * np.ones_like(t_d)
+                ok_mem, tpot_fits, np.asarray(agg["decode_comm_share"]) * np.ones_like(t_d)
             ),
         ),
     )
-    free = (
-        hw.hbm_capacity_bytes * ev["memory_utilization"]
-        - np.asarray(dec["weights_bytes_per_gpu"])
-        - np.asarray(dec["activation_bytes_per_gpu"])
-    )
-    kv_seq = np.asarray(dec["kv_cache_bytes_per_gpu"]) / ev["seqs"]
-    max_conc = np.floor(np.maximum(free, 0.0) / kv_seq) * dp
+    max_conc = np.broadcast_to(np.asarray(agg["max_concurrency"]), t_d.shape)
     frac = grid["offload_fraction"][:, None]
     shape = t_d.shape
     cols = {
@@ -283,9 +304,9 @@ def _aggregated(
         "offload_fraction": frac,
         "batch": B,
         "gpus_per_replica": G,
-        "memory_bytes_per_gpu": np.asarray(dec["memory_bytes_per_gpu"]),
+        "memory_bytes_per_gpu": np.asarray(agg["memory_bytes_per_gpu"]),
         "max_concurrency": max_conc,
-        "decode_comm_share": np.asarray(dec["decode_comm_share"]),
+        "decode_comm_share": np.asarray(agg["decode_comm_share"]),
         "fits": ok_mem,
         "slo_ok": slo_ok,
         "bound": bound,
@@ -356,7 +377,7 @@ def _disaggregated(
         pre = evp["pre"]
         okp = np.asarray(pre["feasible"]) & evp["host_ok"] & (gp_grid["offload_fraction"] == 0)
         t_p = np.asarray(pre["ttft_s"])
-        S = t_p / gp_grid["dp"]
+        S = t_p / (gp_grid["dp"] * evp["prompts"])  # one request's share of a prefill step
         Gp = evp["gpus"]
         est = np.where(
             okp & (t_p < ttft_slo), np.ceil(rate * S / 0.9) * Gp, np.inf
@@ -418,15 +439,8 @@ def _disaggregated(
             )[li, bi][None, :]
             slack = (ttft_slo - ttft) / ttft_slo
             bound = np.where(slack < 0.05, "ttft-slo", bound_d)
-            free = (
-                hd.hbm_capacity_bytes * evd["memory_utilization"]
-                - np.asarray(dec["weights_bytes_per_gpu"])
-                - np.asarray(dec["activation_bytes_per_gpu"])
-            )
-            kv_seq = np.asarray(dec["kv_cache_bytes_per_gpu"]) / evd["seqs"]
-            conc = (np.floor(np.maximum(free, 0) / kv_seq) * gd_grid["dp"][:, None])[li, bi][
-                None, :
-            ] * nd_sel
+            per_instance = np.broadcast_to(np.asarray(evd["agg"]["max_concurrency"]), t_d.shape)
+            conc = per_instance[li, bi][None, :] * nd_sel
             cols = {
                 "hardware": hd.name if hp.name == hd.name else f"{hp.name}+{hd.name}",
                 "mode": "disaggregated",
@@ -619,12 +633,15 @@ def plan(
     top: int = 5,
     modes=MODES,
     memory_utilization: float = 0.90,
+    engine=None,
 ) -> PlanResult:
     """Search layouts on every hardware profile for the cheapest SLO-feasible way to serve ``rate``.
 
     model, hardware : names or loaded specs (``hardware`` may be a list)
     ttft_slo, tpot_slo : seconds; rate : requests/s (None: one replica at its SLO capacity)
     max_gpus : bound on the whole fleet (all replicas and pools)
+    engine : vllm (default) | sglang | trtllm: the token budget, running cap and memory rules of
+        the in-flight engine model (:mod:`moesim.engine.presets`)
     """
     from moesim.cost.ops import routing_or_default
     from moesim.spec import resolve
@@ -669,6 +686,7 @@ def plan(
             input_len=float(input_len),
             output_len=float(output_len),
             memory_utilization=memory_utilization,
+            engine=engine,
         )
         ev["hw"] = hw
         evals[hw.name], grids[hw.name] = ev, grid
@@ -740,6 +758,7 @@ def plan(
         "dtype": dtype,
         "kv_dtype": kv_dtype,
         "routing": getattr(routing.dist, "name", "uniform"),
+        "engine": engine or "vllm",
     }
     return PlanResult(
         best,

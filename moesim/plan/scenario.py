@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from moesim.engine.presets import ENGINES
 from moesim.errors import MoesimError
 from moesim.spec.deployment import OVERLAP_MODES
 from moesim.spec.dtypes import DTYPE_BYTES
@@ -157,6 +158,7 @@ PositiveAxis = _axis_type(float, _float_axis(1e-300, math.inf))
 DtypeAxis = _axis_type(str, _choice_axis("dtype", list(DTYPE_BYTES)), with_range=False)
 OverlapAxis = _axis_type(str, _choice_axis("overlap", OVERLAP_MODES), with_range=False)
 PhaseAxis = _axis_type(str, _choice_axis("phase", PHASES), with_range=False)
+EngineAxis = _axis_type(str, _choice_axis("engine", ENGINES), with_range=False)
 StrAxis = _axis_type(str, lambda v: tuple(v) if v else _empty(), with_range=False)
 BlockAxis = _axis_type(int, _int_axis(1), with_range=False)
 
@@ -290,6 +292,26 @@ class WorkloadSpec(_Strict):
         (None,), description="Expert capacity factors (null: no cap, no drops)."
     )
     block_m: BlockAxis = Field((64,), description="Grouped-GEMM block M that expert tokens pad to.")
+    concurrency: IntAxis | None = Field(
+        None,
+        description="In-flight batching with chunked prefill: clients in a closed loop across the "
+        "whole layout (replaces batch; phase stays both).",
+    )
+    engine: EngineAxis = Field(
+        ("vllm",), description="Engine whose scheduler and memory defaults to use (concurrency)."
+    )
+    token_budget: IntAxis | None = Field(
+        None, description="Tokens per step (default: the engine's; concurrency only)."
+    )
+    max_batch: IntAxis | None = Field(
+        None, description="Cap on running sequences per scheduler (default: the engine's)."
+    )
+
+    @model_validator(mode="after")
+    def _inflight_phase(self) -> WorkloadSpec:
+        if self.concurrency is not None and self.phase != ("both",):
+            raise ValueError("concurrency runs in-flight batching end to end; leave phase at both")
+        return self
 
 
 class SweepSpec(_Strict):
@@ -441,6 +463,10 @@ WORKLOAD_AXES = (
     "routing",
     "capacity_factor",
     "block_m",
+    "concurrency",
+    "engine",
+    "token_budget",
+    "max_batch",
 )
 AXES = ("model", "hardware", *LAYOUT_AXES, *WORKLOAD_AXES)
 # Axes whose values are not arrays in the cost path: one vectorised call per combination.
@@ -456,6 +482,7 @@ CATEGORICAL = (
     "routing",
     "capacity_factor",
     "block_m",
+    "engine",
 )
 
 

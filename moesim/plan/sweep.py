@@ -55,6 +55,8 @@ METRICS = (
     "active_experts",
     "padding_waste",
     "drop_rate",
+    "concurrency",
+    "token_budget",
 )
 INT_INPUTS = (
     "tp",
@@ -185,7 +187,7 @@ def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None
             else:
                 full[name][index] = np.nan
         feasible[index] = np.broadcast_to(res["feasible"], target)
-        reason[index] = np.broadcast_to(res["reason"], target)
+        reason[(*index, ...)] = np.broadcast_to(res["reason"], target)  # [..]: 0-d blocks too
 
 
 def _groups(cols: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -241,7 +243,21 @@ def _predict(plan: Plan, layout_index: int, value, code) -> dict:
     model = loaded.models[int(np.max(value("model")))]
     hw = loaded.hardware[int(np.max(value("hardware")))]
     phase = code("phase")
+    conc = value("concurrency")
+    if not np.all(np.isnan(conc)):  # in-flight batching (the workload family sets concurrency)
+        from moesim.engine.inflight import predict_inflight
+
+        def optional(name):
+            v = value(name)
+            return None if np.all(np.isnan(v)) else v
+
+        return predict_inflight(
+            model, hw, layout, concurrency=conc, input_len=value("input_len"),
+            output_len=value("output_len"), engine=code("engine"), routing=routing,
+            token_budget=optional("token_budget"), max_batch=optional("max_batch"),
+        )  # fmt: skip
     kw = dict(batch=value("batch"), input_len=value("input_len"), routing=routing)
+    kw["engine"] = code("engine")
     if phase == "both":
         return serving.predict(model, hw, layout, output_len=value("output_len"), **kw)
     ctx = value("context_len")
@@ -390,7 +406,7 @@ def to_frame(plan: Plan, parts: list[dict]) -> pd.DataFrame:
         data[name] = cols[name].astype(np.int64)
     if any(w.context_len is not None for w in sc.workloads):
         data["context_len"] = cols["context_len"]
-    for name in ("phase", "routing"):
+    for name in ("phase", "routing", "engine"):
         data[name] = pd.Categorical.from_codes(cols[name], categories=plan.categories[name])
     caps = np.array([np.nan if c is None else float(c) for c in plan.categories["capacity_factor"]])
     data["capacity_factor"] = caps[cols["capacity_factor"]]

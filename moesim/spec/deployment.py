@@ -43,6 +43,9 @@ class Layout:
     redundant_experts: object = 0
     offload_fraction: object = 0.0  # share of each GPU's routed experts kept in host memory
     memory_utilization: float = 0.90  # vLLM's default gpu_memory_utilization
+    # TensorRT-LLM's KV sizing instead: this share of the memory free after weights, activations
+    # and runtime buffers (None: size the KV cache by memory_utilization or the engine's rule).
+    kv_cache_free_gpu_memory_fraction: float | None = None
     gpus_per_node: int | None = None  # None: the hardware profile's value
     extras: dict = field(default_factory=dict)
 
@@ -72,6 +75,9 @@ class Layout:
             raise MoesimError("offload_fraction must be in [0, 1]")
         if not 0 < self.memory_utilization <= 1:
             raise MoesimError("memory_utilization must be in (0, 1]")
+        free = self.kv_cache_free_gpu_memory_fraction
+        if free is not None and not 0 < free <= 1:
+            raise MoesimError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
 
     def arr(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name), dtype=float)
