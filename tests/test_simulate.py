@@ -4,8 +4,6 @@ model, agreement with the steady-state formulas, and determinism."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 
 import numpy as np
@@ -322,36 +320,25 @@ def test_decode_dominated_simulation_agrees_with_predict_phase():
     assert got == pytest.approx(ref, rel=0.05)
 
 
-def test_agrees_with_the_inflight_steady_state():
-    """Once the engine's in-flight batching model (moesim.engine.inflight) exists, the
-    simulation must agree with its closed-loop steady state too."""
-    if importlib.util.find_spec("moesim.engine.inflight") is None:
-        pytest.skip("moesim.engine.inflight is not part of this build")
-    inflight = importlib.import_module("moesim.engine.inflight")
-    fn = next(
-        (
-            getattr(inflight, n)
-            for n in ("predict_inflight", "predict", "steady_state")
-            if hasattr(inflight, n)
-        ),
-        None,
-    )
-    if fn is None:
-        pytest.skip("moesim.engine.inflight has no known steady-state entry point; name it here")
+@pytest.mark.parametrize(
+    "ramp_up_s,arrivals",
+    [(2.0, "spread"), (0.0, "bunched")],
+    ids=["clients-spread", "clients-started-together"],
+)
+def test_agrees_with_the_inflight_steady_state(ramp_up_s, arrivals):
+    """The engine's in-flight steady state (moesim.engine.inflight, closed loop) and this
+    simulation are two implementations of the same schedule: clients ramped up over 2 s stay
+    desynchronised ('spread'); clients started together stay in step ('bunched')."""
+    from moesim.engine.inflight import predict_inflight
+
     m, hw = resolve("llama-3.1-8b", "h100-sxm")
     layout = Layout(tp=1)
     conc, inp, out = 32, 512, 256
-    ref = fn(
-        m,
-        hw,
-        layout,
-        concurrency=conc,
-        input_len=inp,
-        output_len=out,
-        token_budget=8192,
-        max_batch=512,
-    )
-    t = synthetic(conc * 30, concurrency=conc, input_len=inp, output_len=out, ramp_up_s=2.0)
+    ref = predict_inflight(
+        m, hw, layout, concurrency=conc, input_len=inp, output_len=out,
+        token_budget=8192, max_batch=512, arrivals=arrivals,
+    )  # fmt: skip
+    t = synthetic(conc * 30, concurrency=conc, input_len=inp, output_len=out, ramp_up_s=ramp_up_s)
     res = simulate(m, hw, layout, t, engine=EngineConfig(max_num_seqs=512))
     got = _simulated_steady_state(res, 10.0, res.summary["duration_s"] - 10.0)
     for key in ("ttft_s", "tpot_s", "output_tokens_per_s_per_gpu"):
