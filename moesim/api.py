@@ -33,6 +33,9 @@ def build_layout(
     overlap="none",
     redundant_experts=0,
     offload=0.0,
+    framework=None,
+    dp_balance="even",
+    context_cv=0.0,
 ) -> tuple[Layout, list[str]]:
     """A Layout from CLI-style integers. With ``nodes``, the GPU count nodes x gpus_per_node must
     match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention)."""
@@ -66,8 +69,41 @@ def build_layout(
         redundant_experts=redundant_experts,
         offload_fraction=offload,
         gpus_per_node=gpus_per_node,
+        framework=framework,
+        dp_balance=dp_balance,
+        context_cv=context_cv,
     )
     return layout, notes
+
+
+def build_speculation(model, *, mtp=None, spec_draft=None, spec_tokens=None, acceptance_rate=None):
+    """A :class:`moesim.cost.speculative.Speculation` from CLI-style options, or None.
+
+    ``mtp`` = N draft tokens from the model's MTP heads; ``spec_draft`` = a draft model (preset
+    name or config path) drafting ``spec_tokens`` tokens; ``acceptance_rate`` = p per token."""
+    from moesim.cost.speculative import Speculation
+
+    if mtp is not None and spec_draft is not None:
+        raise MoesimError("use either --mtp or --spec-draft, not both")
+    if spec_tokens is not None and spec_draft is None:
+        raise MoesimError("--spec-tokens goes with --spec-draft MODEL (for MTP use --mtp N)")
+    if acceptance_rate is not None and mtp is None and spec_draft is None:
+        raise MoesimError("--acceptance-rate needs --mtp N or --spec-draft MODEL")
+    if mtp is not None:
+        return Speculation("mtp", int(mtp), acceptance_rate)
+    if spec_draft is not None:
+        if spec_tokens is None:
+            raise MoesimError("--spec-draft needs --spec-tokens N (tokens drafted per step)")
+        from moesim.spec.model import load_model
+
+        draft = load_model(spec_draft) if isinstance(spec_draft, str) else spec_draft
+        if draft.vocab_size != model.vocab_size:
+            raise MoesimError(
+                f"draft model {draft.name} has vocabulary {draft.vocab_size}, "
+                f"{model.name} has {model.vocab_size}: a draft must share the target's tokenizer"
+            )
+        return Speculation("draft", int(spec_tokens), acceptance_rate, draft)
+    return None
 
 
 def run_prediction(
@@ -87,11 +123,23 @@ def run_prediction(
     disaggregate=None,
     rate=None,
     prefix_cache_hit_rate=0.0,
+    mtp=None,
+    spec_draft=None,
+    spec_tokens=None,
+    acceptance_rate=None,
 ) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON."""
     from moesim.engine import static as serving
 
     m, hw = resolve(model, hardware)
+    speculation = build_speculation(
+        m, mtp=mtp, spec_draft=spec_draft, spec_tokens=spec_tokens, acceptance_rate=acceptance_rate
+    )
+    if speculation is not None and (disaggregate or phase == "prefill"):
+        raise MoesimError(
+            "speculative decoding (--mtp / --spec-draft) is modelled for --phase both or decode, "
+            "without --disaggregate"
+        )
     ropts = routing_options(routing, capacity_factor, block_m)
     if np.any(layout.arr("offload_fraction") > 0) and m.is_moe:
         from moesim.cost.offload import with_offload
@@ -127,6 +175,7 @@ def run_prediction(
             routing=ropts,
             breakdown=breakdown,
             prefix_cache_hit_rate=prefix_cache_hit_rate,
+            speculation=speculation,
         )
         if rate is not None:
             from moesim.engine.queueing import add_queueing
@@ -145,6 +194,7 @@ def run_prediction(
             else (input_len + output_len / 2 if phase == "decode" else None),
             routing=ropts,
             breakdown=breakdown,
+            speculation=speculation,
         )
     head = {
         "model": m.name,
@@ -159,6 +209,7 @@ def run_prediction(
             "dtype": layout.weight_dtype,
             "kv_dtype": layout.kv_dtype,
             "overlap": layout.overlap,
+            "framework": layout.framework,
         },
         "batch": batch,
         "input_len": input_len,
@@ -195,9 +246,14 @@ def predict(
     capacity_factor=None,
     block_m=64,
     breakdown=False,
+    mtp=None,
+    spec_draft=None,
+    spec_tokens=None,
+    acceptance_rate=None,
     **layout_kw,
 ) -> dict:
-    """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``."""
+    """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``;
+    ``mtp=3`` (or ``spec_draft=..., spec_tokens=N``) prices speculative decoding."""
     layout, notes = build_layout(model, hardware, **layout_kw)
     res = run_prediction(
         model,
@@ -212,6 +268,10 @@ def predict(
         capacity_factor=capacity_factor,
         block_m=block_m,
         breakdown=breakdown,
+        mtp=mtp,
+        spec_draft=spec_draft,
+        spec_tokens=spec_tokens,
+        acceptance_rate=acceptance_rate,
     )
     if notes:
         res["notes"] = notes

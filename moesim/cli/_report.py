@@ -14,6 +14,9 @@ _SECONDS = (
     "tpot_floor_s",
     "queue_delay_s",
     "ttft_with_queue_s",
+    "speculative_step_s",
+    "draft_s",
+    "verify_s",
 )
 _RATES = (
     "output_tokens_per_s_per_gpu",
@@ -32,6 +35,8 @@ _MONEY = ("usd_per_million_output_tokens", "usd_per_million_input_tokens")
 _RATIOS = (
     "prefill_comm_share",
     "decode_comm_share",
+    "accepted_tokens_per_step",
+    "acceptance_rate",
     "max_load_ratio",
     "active_experts",
     "padding_waste",
@@ -78,6 +83,35 @@ def print_prediction(res: dict, breakdown: bool = False) -> None:
     if breakdown and "breakdown" in res:
         for phase, rows in res["breakdown"].items():
             print_breakdown(phase, rows)
+        for phase, summary in res.get("overlap", {}).items():
+            print_overlap(phase, summary)
+
+
+def print_overlap(phase: str, summary: dict) -> None:
+    """Per MoE layer: compute, communication, and the communication left exposed."""
+    if not summary:
+        return
+    table = Table(
+        title=f"{phase}: one MoE layer, compute/communication overlap (busiest GPU)",
+        title_justify="left",
+        show_header=False,
+    )
+    table.add_column("quantity", style="cyan")
+    table.add_column("value", justify="right")
+    labels = {
+        "layer_time_s": "layer time",
+        "layer_compute_s": "compute",
+        "layer_comm_s": "communication",
+        "layer_exposed_comm_s": "exposed communication",
+        "layer_sm_slowdown_s": "  of which compute slowed by comm SMs",
+        "step_exposed_comm_s": "exposed communication, whole step",
+    }
+    for key, label in labels.items():
+        if key in summary:
+            table.add_row(label, si(float(summary[key]), "s"))
+    if summary.get("eager_launch"):
+        table.add_row("launch", "eager (no CUDA graph): host-launch bound where slower")
+    console.print(table)
 
 
 def print_breakdown(phase: str, rows: list[dict]) -> None:

@@ -20,6 +20,17 @@ class Overlap(StrEnum):
     two_batch = "two-batch"
 
 
+class Framework(StrEnum):
+    trtllm = "trtllm"
+    vllm = "vllm"
+    sglang = "sglang"
+
+
+class DpBalance(StrEnum):
+    even = "even"
+    random = "random"
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "predict", help="Predict TTFT, TPOT, throughput, memory fit and $/Mtok of a serving setup."
@@ -125,6 +136,38 @@ def predict_cmd(
         max=1.0,
         help="Share of each prompt served from the prefix cache (phase both).",
     ),
+    framework: Framework | None = typer.Option(
+        None,
+        "--framework",
+        help="Serving engine (CUDA-graph sizes, fused all-reduce + RMSNorm): trtllm, vllm, sglang.",
+    ),
+    dp_balance: DpBalance = typer.Option(
+        DpBalance.even,
+        "--dp-balance",
+        help="How sequences spread over DP-attention ranks: even (round-robin) or random.",
+    ),
+    context_cv: float = typer.Option(
+        0.0,
+        "--context-cv",
+        min=0.0,
+        help="Coefficient of variation of per-sequence context (DP-rank straggler).",
+    ),
+    mtp: int | None = typer.Option(
+        None, "--mtp", min=1, max=16, help="Speculative decoding: N draft tokens from MTP heads."
+    ),
+    spec_draft: str | None = typer.Option(
+        None, "--spec-draft", help="Speculative decoding with this draft model (preset or path)."
+    ),
+    spec_tokens: int | None = typer.Option(
+        None, "--spec-tokens", min=1, max=16, help="Tokens the --spec-draft model drafts per step."
+    ),
+    acceptance_rate: float | None = typer.Option(
+        None,
+        "--acceptance-rate",
+        min=0.0,
+        max=1.0,
+        help="Per-token acceptance of drafts (default: MTP 0.875, draft model 0.7; see README).",
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -146,6 +189,9 @@ def predict_cmd(
         overlap=overlap.value,
         redundant_experts=redundant_experts,
         offload=offload,
+        framework=None if framework is None else framework.value,
+        dp_balance=dp_balance.value,
+        context_cv=context_cv,
     )
     result = run_prediction(
         model,
@@ -163,6 +209,10 @@ def predict_cmd(
         disaggregate=disaggregate,
         rate=rate,
         prefix_cache_hit_rate=prefix_cache_hit_rate,
+        mtp=mtp,
+        spec_draft=spec_draft,
+        spec_tokens=spec_tokens,
+        acceptance_rate=acceptance_rate,
     )
     if notes:
         result["notes"] = notes
