@@ -134,3 +134,22 @@ def test_one_shot_model_against_measured_trtllm_custom_allreduce():
     err = np.abs(pred / (d.latency.to_numpy()[keep] * 1e-3) - 1)
     print(f"TRT-LLM custom all-reduce, H100: median |err| {np.median(err):.1%}, n={err.size}")
     assert np.median(err) < 0.15
+
+
+def test_ep_dispatch_time_grows_with_group_size_at_fixed_tokens_per_gpu():
+    """DeepEP low-latency (decode) and normal (prefill) dispatch: more EP ranks at the same
+    tokens per GPU send more copies over slower links, never fewer."""
+    from moesim.cost.ops import routing_or_default, step_ops
+    from moesim.cost.step import evaluate_ops
+    from moesim.spec.deployment import Layout
+    from moesim.spec.model import load_model
+
+    m, hw = load_model("deepseek-v3"), load_hardware("h800")
+    for phase, seqs, new in (("decode", 64, 1), ("prefill", 2, 1024)):
+        times = []
+        for ep in (2, 4, 8, 16, 32, 64):
+            lay = Layout(tp=1, dp=ep, ep=ep, weight_dtype="fp8", dispatch_dtype="fp8")
+            ops, _ = step_ops(m, hw, lay, phase, seqs, new, 0, routing_or_default(None))
+            t = {o.name: o for o in evaluate_ops(ops, hw, lay)}["moe.dispatch"].time_s
+            times.append(float(t))
+        assert np.all(np.diff(times) >= 0), (phase, times)

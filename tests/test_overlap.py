@@ -163,3 +163,23 @@ def test_overlap_reports_exposed_communication_per_layer():
     o1 = one["overlap"]["decode"]
     # one batch hides nothing: exposed communication is all of it
     assert float(o1["layer_exposed_comm_s"]) == pytest.approx(float(o1["layer_comm_s"]))
+
+
+def test_cli_breakdown_prints_the_overlap_table_and_json_carries_it():
+    import json
+
+    from typer.testing import CliRunner
+
+    from moesim.cli import app
+
+    args = ["predict", "-m", "qwen3-30b-a3b", "-H", "h100-sxm", "--dp", "4", "--ep", "4",
+            "--batch", "64", "--phase", "decode", "--overlap", "two-batch", "--breakdown",
+            "--framework", "sglang"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "exposed communication" in r.output
+    j = json.loads(CliRunner().invoke(app, args + ["--json"]).output)
+    assert j["layout"]["framework"] == "sglang"
+    assert set(j["overlap"]["decode"]) >= {"layer_time_s", "layer_exposed_comm_s"}
+    bad = CliRunner().invoke(app, args[:-2] + ["--framework", "tgi"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

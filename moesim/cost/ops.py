@@ -336,9 +336,10 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
 # for vLLM / TensorRT-LLM ship it): one kernel reads bf16 and writes fp8. 1x128 block scales
 # (DeepSeek-V3 report arXiv:2412.19437 section 3.3; DeepGEMM's input format; vLLM
 # per_token_group_quant_fp8, SGLang sglang_per_token_group_quant_fp8): one kernel that also
-# writes an fp32 scale per 128 channels. TensorRT-LLM fuses the quantisation into the RMSNorm
-# and gated-activation kernels that produce the GEMM input (RmsnormQuantizationPlugin), so it
-# launches nothing of its own there.
+# writes an fp32 scale per 128 channels. For per-tensor scales TensorRT-LLM fuses the
+# quantisation into the RMSNorm and gated-activation kernels that produce the GEMM input
+# (RmsnormQuantizationPlugin), so it launches nothing of its own there; its 1x128 block path
+# (DeepSeek on Hopper) runs fp8_quantize_1x128 before each GEMM like the other engines.
 def act_quant_mode(model) -> str:
     """'block' for checkpoints quantised with 1x128 activation blocks (DeepSeek-V3/R1), else
     'tensor'."""
@@ -347,12 +348,13 @@ def act_quant_mode(model) -> str:
 
 def _act_quant_ops(name, kind, model, layout, cdt, rows, width, launches, count) -> list[Op]:
     """``launches`` quantisation kernels over ``rows`` x ``width`` activations in total."""
-    if cdt != "fp8" or layout.framework == "trtllm":
+    mode = act_quant_mode(model)
+    if cdt != "fp8" or (layout.framework == "trtllm" and mode == "tensor"):
         return []
     ab = dtype_bytes(layout.act_dtype)
     elems = np.asarray(rows, dtype=float) * np.asarray(width, dtype=float)
     per_elem = ab + 1.0  # read bf16, write fp8
-    if act_quant_mode(model) == "block":
+    if mode == "block":
         per_elem = per_elem + FP8_SCALE_BYTES_PER_CHANNEL
     op = memory_op(name, kind, elems * per_elem, count)
     op.launches = float(launches)
@@ -448,11 +450,15 @@ def _moe_ops(
     # fp8 experts: the down-projection input is quantised (fused with SiLU in SGLang's DeepGEMM
     # path, a separate kernel in vLLM's fused_moe), the input too unless the dispatch already
     # carries fp8 (DeepEP casts while sending).
-    quant_in = 0.0 if (layout.dispatch_dtype == "fp8" and np.all(ep > 1)) else 1.0
+    tp, dp = layout.arr("tp"), layout.arr("dp")
+    # Tokens cross the EP group by all-to-all only with DP attention: under plain TP attention
+    # every GPU already holds all tokens, computes its experts' share and the MoE all-reduce
+    # sums it (vLLM uses all2all kernels only with DP + EP; TensorRT-LLM TP8 EP4).
+    a2a = (ep > 1) & (dp > 1)
+    quant_in = 0.0 if (layout.dispatch_dtype == "fp8" and np.all(a2a)) else 1.0
     ops += _act_quant_ops("moe.quant", "moe", model, layout, cdt, 1.0,
                           quant_in * load / k * h + load * I_gpu, 1.0 + quant_in, count)  # fmt: skip
-    tp, dp = layout.arr("tp"), layout.arr("dp")
-    if np.any(ep > 1):
+    if np.any(a2a):
         # Every dispatch/combine is a barrier: it ends when the busiest GPU has sent its tokens
         # (the busiest DP rank's) and received its share (the most loaded EP rank's, E[max]
         # assignments over the group from the routing statistics).
@@ -462,7 +468,7 @@ def _moe_ops(
         if layout.dispatch_dtype == "fp8":
             per_token_dispatch = per_token_dispatch + h * FP8_SCALE_BYTES_PER_CHANNEL
         dom = layout.gpus_per_node or hw.scaleup_domain_size
-        remote = np.where(ep_ok & (ep > 1), stats.remote_gpus_per_token, 0.0)
+        remote = np.where(ep_ok & a2a, stats.remote_gpus_per_token, 0.0)
         intra_per_token, inter_per_token = _dispatch_destinations(
             s.tokens_stage, k, E, np.where(ep_ok, ep, 1.0), remote, dom, routing, redundant, phase
         )
@@ -517,7 +523,7 @@ def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, 
     ).remote_gpus_per_token  # distinct other nodes a token's experts live on  # fmt: skip
     hier_inter = remote_nodes
     hier_intra = np.maximum(remote_gpus - remote_nodes, 0.0)
-    multi = (nodes > 1) & ok
+    multi = (nodes > 1) & ok & (remote_gpus > 0)
     return np.where(multi, hier_intra, direct_intra), np.where(multi, hier_inter, direct_inter)
 
 
