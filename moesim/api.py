@@ -217,6 +217,15 @@ def run_prediction(
         "routing": routing if isinstance(routing, str) else getattr(routing, "name", "custom"),
         "calibration": hw.efficiency.source,
     }
+    if (
+        speculation is not None
+        and speculation.method == "mtp"
+        and not m.model_type.startswith("deepseek_v3")
+    ):
+        head["notes"] = [
+            f"{m.name} ships no MTP module; each draft token is priced as DeepSeek-V3's MTP "
+            "head: one decoder layer, its 2h->h projection and the LM head"
+        ]
     return head | squeeze(res)
 
 
@@ -274,5 +283,5 @@ def predict(
         acceptance_rate=acceptance_rate,
     )
     if notes:
-        res["notes"] = notes
+        res["notes"] = notes + res.get("notes", [])
     return res

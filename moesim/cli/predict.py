@@ -215,7 +215,7 @@ def predict_cmd(
         acceptance_rate=acceptance_rate,
     )
     if notes:
-        result["notes"] = notes
+        result["notes"] = notes + result.get("notes", [])
     from moesim.cli._common import print_json
     from moesim.cli._report import print_prediction
 
