@@ -9,9 +9,10 @@ Within a stage:
 
 - the busiest attention-DP rank sets the pace (every EP collective is a barrier;
   :mod:`moesim.cost.straggler`), and the MoE layers see all ranks' tokens;
-- with ``overlap='two-batch'`` each rank's sequences are split into two micro-batches of whole
-  sequences (ceil / floor; prefill splits tokens evenly, as DeepSeek balances prefill
-  attention across them), and the MoE layers run the per-layer schedule of
+- with ``overlap='two-batch'`` (where there is an EP all-to-all to hide: MoE, ep > 1, DP
+  attention, every DP rank holding two sequences or more) each rank's sequences are split into
+  two micro-batches of whole sequences (ceil / floor; prefill splits tokens evenly, as DeepSeek
+  balances prefill attention across them), and the MoE layers run the per-layer schedule of
   :mod:`moesim.cost.overlap`; dense layers run both halves back to back;
 - a step an engine does not capture in a CUDA graph takes at least the host time to launch
   its kernels (:func:`moesim.cost.ops.graph_captured`).
@@ -193,19 +194,23 @@ def step(
         overlap_report = overlap.single_batch_layers(
             _layer_work(model, layout, full, None), model.num_moe_layers / pp
         )
-    if layout.overlap == "two-batch":
+    # Engines overlap only where there is an EP all-to-all to hide (SGLang's two-batch overlap
+    # runs with DeepEP, i.e. MoE with DP attention) and every DP rank can split its batch in two
+    # (its TBO preparer agrees across DP ranks); elsewhere the step runs as one batch.
+    use = False
+    if layout.overlap == "two-batch" and model.is_moe:
+        use = _can_split(phase, total, dp, layout.dp_balance, rank_seqs) & (
+            (layout.arr("ep") > 1) & (dp > 1)
+        )
+    if np.any(use):
         two = _two_batch_stage(model, hw, layout, phase, total, dp, rank_seqs, rank_ctx,
                                new_tokens, routing, zero)  # fmt: skip
-        # Engines overlap only when every DP rank can split its batch in two (SGLang's TBO
-        # preparer agrees across DP ranks); otherwise the step runs as one batch.
-        use = _can_split(phase, total, dp, layout.dp_balance, rank_seqs)
         stage = np.where(use, two["stage"], stage)
         compute_s = np.where(use, two["compute_s"], compute_s)
         comm_s = np.where(use, two["comm_s"], comm_s)
         floor_stage = np.where(use, two["floor_s"], floor_stage)
         launches = np.where(use, two["launches"], launches)
-        if overlap_report is not None:
-            overlap_report = _where_overlap(use, two["moe"], overlap_report)
+        overlap_report = _where_overlap(use, two["moe"], overlap_report)
     stage, eager = _host_bound(
         stage, launches + _launches(full, once=True), layout, phase, rank_seqs, new_tokens
     )
