@@ -145,9 +145,9 @@ def test_ep_dispatch_time_grows_with_group_size_at_fixed_tokens_per_gpu():
     from moesim.spec.model import load_model
 
     m, hw = load_model("deepseek-v3"), load_hardware("h800")
-    for phase, seqs, new in (("decode", 64, 1), ("prefill", 2, 1024)):
+    for phase, seqs, new in (("decode", 16, 1), ("prefill", 1, 128)):
         times = []
-        for ep in (2, 4, 8, 16, 32, 64):
+        for ep in (8, 16, 32):
             lay = Layout(tp=1, dp=ep, ep=ep, weight_dtype="fp8", dispatch_dtype="fp8")
             ops, _ = step_ops(m, hw, lay, phase, seqs, new, 0, routing_or_default(None))
             t = {o.name: o for o in evaluate_ops(ops, hw, lay)}["moe.dispatch"].time_s
