@@ -36,6 +36,9 @@ def build_layout(
     offload=0.0,
     gpu_memory_utilization=None,
     kv_cache_free_gpu_memory_fraction=None,
+    framework=None,
+    dp_balance="even",
+    context_cv=0.0,
 ) -> tuple[Layout, list[str]]:
     """A Layout from CLI-style integers. With ``nodes``, the GPU count nodes x gpus_per_node must
     match tp*dp*pp*replicas; if dp was left at 1 it is raised to fill the nodes (DP attention).
@@ -73,10 +76,43 @@ def build_layout(
         offload_fraction=offload,
         gpus_per_node=gpus_per_node,
         kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+        framework=framework,
+        dp_balance=dp_balance,
+        context_cv=context_cv,
     )
     if gpu_memory_utilization is not None:
         layout = layout.with_(memory_utilization=gpu_memory_utilization)
     return layout, notes
+
+
+def build_speculation(model, *, mtp=None, spec_draft=None, spec_tokens=None, acceptance_rate=None):
+    """A :class:`moesim.cost.speculative.Speculation` from CLI-style options, or None.
+
+    ``mtp`` = N draft tokens from the model's MTP heads; ``spec_draft`` = a draft model (preset
+    name or config path) drafting ``spec_tokens`` tokens; ``acceptance_rate`` = p per token."""
+    from moesim.cost.speculative import Speculation
+
+    if mtp is not None and spec_draft is not None:
+        raise MoesimError("use either --mtp or --spec-draft, not both")
+    if spec_tokens is not None and spec_draft is None:
+        raise MoesimError("--spec-tokens goes with --spec-draft MODEL (for MTP use --mtp N)")
+    if acceptance_rate is not None and mtp is None and spec_draft is None:
+        raise MoesimError("--acceptance-rate needs --mtp N or --spec-draft MODEL")
+    if mtp is not None:
+        return Speculation("mtp", int(mtp), acceptance_rate)
+    if spec_draft is not None:
+        if spec_tokens is None:
+            raise MoesimError("--spec-draft needs --spec-tokens N (tokens drafted per step)")
+        from moesim.spec.model import load_model
+
+        draft = load_model(spec_draft) if isinstance(spec_draft, str) else spec_draft
+        if draft.vocab_size != model.vocab_size:
+            raise MoesimError(
+                f"draft model {draft.name} has vocabulary {draft.vocab_size}, "
+                f"{model.name} has {model.vocab_size}: a draft must share the target's tokenizer"
+            )
+        return Speculation("draft", int(spec_tokens), acceptance_rate, draft)
+    return None
 
 
 def run_prediction(
@@ -106,6 +142,10 @@ def run_prediction(
     input_dist=None,
     output_dist=None,
     arrivals="bunched",
+    mtp=None,
+    spec_draft=None,
+    spec_tokens=None,
+    acceptance_rate=None,
 ) -> dict:
     """Predict one scenario; returns plain scalars (0-d arrays squeezed) for display / JSON.
 
@@ -139,6 +179,20 @@ def run_prediction(
             raise MoesimError("give one of --concurrency, --rate and --max-throughput")
         if max_throughput and rate is not None:
             raise MoesimError("--max-throughput runs at an infinite rate; drop --rate")
+    speculation = build_speculation(
+        m, mtp=mtp, spec_draft=spec_draft, spec_tokens=spec_tokens, acceptance_rate=acceptance_rate
+    )
+    if speculation is not None and (disaggregate or phase == "prefill"):
+        raise MoesimError(
+            "speculative decoding (--mtp / --spec-draft) is modelled for --phase both or decode, "
+            "without --disaggregate"
+        )
+    if speculation is not None and inflight:
+        raise MoesimError(
+            "speculative decoding (--mtp / --spec-draft) is modelled for the static batch "
+            "(--batch) and the decode pool (--phase decode); not yet with --concurrency, --rate "
+            "or --max-throughput"
+        )
     ropts = routing_options(routing, capacity_factor, block_m)
     if np.any(layout.arr("offload_fraction") > 0) and m.is_moe:
         from moesim.cost.offload import with_offload
@@ -183,6 +237,7 @@ def run_prediction(
             breakdown=breakdown,
             prefix_cache_hit_rate=prefix_cache_hit_rate,
             engine=engine,
+            speculation=speculation,
         )
         if rate is not None:
             from moesim.engine.queueing import add_queueing
@@ -202,6 +257,7 @@ def run_prediction(
             routing=ropts,
             breakdown=breakdown,
             engine=engine,
+            speculation=speculation,
         )
     head = {
         "model": m.name,
@@ -216,6 +272,7 @@ def run_prediction(
             "dtype": layout.weight_dtype,
             "kv_dtype": layout.kv_dtype,
             "overlap": layout.overlap,
+            "framework": layout.framework,
         },
         "batch": batch,
         "input_len": input_len,
@@ -234,6 +291,15 @@ def run_prediction(
             head["input_dist"] = input_dist
         if output_dist:
             head["output_dist"] = output_dist
+    if (
+        speculation is not None
+        and speculation.method == "mtp"
+        and not m.model_type.startswith("deepseek_v3")
+    ):
+        head["notes"] = [
+            f"{m.name} ships no MTP module; each draft token is priced as DeepSeek-V3's MTP "
+            "head: one decoder layer, its 2h->h projection and the LM head"
+        ]
     out = head | squeeze(res)
     if m.is_moe:
         if "padding_waste" in out:  # the old name, kept: padded/useful - 1, not a fraction
@@ -311,11 +377,16 @@ def predict(
     capacity_factor=None,
     block_m=64,
     breakdown=False,
+    mtp=None,
+    spec_draft=None,
+    spec_tokens=None,
+    acceptance_rate=None,
     **kw,
 ) -> dict:
     """One-call prediction from names: ``predict('mixtral-8x7b', 'h100-sxm', tp=2, batch=32)``;
     ``concurrency=64`` or ``max_throughput=True`` (with ``engine``, ``token_budget``,
-    ``max_batch``, ``ttft_slo``, ``tpot_slo``, ``rate``) for in-flight batching."""
+    ``max_batch``, ``ttft_slo``, ``tpot_slo``, ``rate``) for in-flight batching; ``mtp=3`` (or
+    ``spec_draft=..., spec_tokens=N``) prices speculative decoding."""
     serve = {k: kw.pop(k) for k in _SERVING_KEYS if k in kw}
     layout, notes = build_layout(model, hardware, **kw)
     res = run_prediction(
@@ -332,9 +403,13 @@ def predict(
         block_m=block_m,
         breakdown=breakdown,
         **serve,
+        mtp=mtp,
+        spec_draft=spec_draft,
+        spec_tokens=spec_tokens,
+        acceptance_rate=acceptance_rate,
     )
     if notes:
-        res["notes"] = notes
+        res["notes"] = notes + res.get("notes", [])
     return res
 
 

@@ -80,3 +80,18 @@ def test_ep_alltoall_bytes_zero_at_ep1_and_grow_with_remote_share():
     assert intra8 > 0 and inter8 == 0  # one node: all NVLink
     intra32, inter32 = a2a(32, 32)
     assert inter32 > 0 and inter32 / (intra32 + inter32) > 0.5
+
+
+def test_redundant_experts_need_only_the_slot_count_to_divide():
+    """(E + R) % ep == 0 is the only rule: DeepSeek's production layouts put 256 + 32 = 288
+    slots on EP72 (4 per GPU) and EP144 (2 per GPU) although 32 redundant experts do not spread
+    evenly over 72 or 144 GPUs."""
+    m = MODELS["deepseek-v3"]
+    for ep in (72, 144, 32, 288):
+        lay = Layout(tp=1, dp=ep, ep=ep, redundant_experts=32)
+        ok, reason = check_layout(m, lay)
+        assert bool(ok), reason
+    ok, reason = check_layout(m, Layout(tp=1, dp=72, ep=72, redundant_experts=30))
+    assert not bool(ok) and "redundant slots" in str(reason)
+    ok, _ = check_layout(m, Layout(tp=1, dp=72, ep=72))  # 256 % 72 != 0 without replicas
+    assert not bool(ok)

@@ -70,3 +70,23 @@ def test_eplb_errors():
         eplb_place(np.ones(10), 4, 1)
     with pytest.raises(MoesimError, match=">= 0"):
         eplb_place(np.array([1.0, -1.0]), 2, 0)
+
+
+def test_uneven_redundant_spread_places_every_slot():
+    """256 experts + 32 replicas on 72 GPUs: EPLB fills 4 slots per GPU although 32 % 72 != 0,
+    and the routing statistics run on that placement (DeepSeek's EP72 decode layout)."""
+    pi = np.full(256, 8 / 256)
+    place = eplb_place(pi, 72, 32)
+    per_gpu = np.bincount(place.gpu_of_slot, minlength=72)
+    assert per_gpu.min() == per_gpu.max() == 4
+    assert int(place.replicas.sum()) == 288 and place.replicas.min() >= 1
+    # 32 experts have two replicas at half load each: the busiest GPU holds full-load ones
+    assert place.max_mean_ratio >= 1.0
+
+
+@pytest.mark.slow
+def test_routing_stats_on_an_uneven_redundant_spread():
+    """The routing statistics on 256 + 32 slots over EP72 (about 5 s: the EP72 load table)."""
+    stats = routing_stats(64, 8, 256, 72, redundant_experts=32)
+    assert stats.max_load_ratio >= 1.0 and stats.active_experts_max_gpu <= 4.0
+    assert stats.remote_gpus_per_token <= 8.0

@@ -47,6 +47,11 @@ METRICS = (
     ("running_seqs", "n", "requests holding a slot, whole layout"),
     ("mixed_step_fraction", "ratio", "share of steps that carry a prefill chunk"),
     ("kv_cache_occupancy", "ratio", "live KV tokens / KV capacity"),
+    ("speculative_step_s", "s", "one draft + verify step (speculative decoding)"),
+    ("draft_s", "s", "the draft passes of a speculative step"),
+    ("verify_s", "s", "the verification pass of a speculative step"),
+    ("accepted_tokens_per_step", "n", "expected tokens a speculative step emits"),
+    ("acceptance_rate", "ratio", "per-token acceptance of drafts"),
 )
 
 
@@ -115,6 +120,35 @@ def print_prediction(res: dict, breakdown: bool = False) -> None:
     if breakdown and "breakdown" in res:
         for phase, rows in res["breakdown"].items():
             print_breakdown(phase, rows)
+        for phase, summary in res.get("overlap", {}).items():
+            print_overlap(phase, summary)
+
+
+def print_overlap(phase: str, summary: dict) -> None:
+    """Per MoE layer: compute, communication, and the communication left exposed."""
+    if not summary:
+        return
+    table = Table(
+        title=f"{phase}: one MoE layer, compute/communication overlap (busiest GPU)",
+        title_justify="left",
+        show_header=False,
+    )
+    table.add_column("quantity", style="cyan")
+    table.add_column("value", justify="right")
+    labels = {
+        "layer_time_s": "layer time",
+        "layer_compute_s": "compute",
+        "layer_comm_s": "communication",
+        "layer_exposed_comm_s": "exposed communication",
+        "layer_sm_slowdown_s": "  of which compute slowed by comm SMs",
+        "step_exposed_comm_s": "exposed communication, whole step",
+    }
+    for key, label in labels.items():
+        if key in summary:
+            table.add_row(label, si(float(summary[key]), "s"))
+    if summary.get("eager_launch"):
+        table.add_row("launch", "eager (no CUDA graph): host-launch bound where slower")
+    console.print(table)
 
 
 _CLASS_SHORT = {

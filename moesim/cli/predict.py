@@ -46,6 +46,17 @@ class Overlap(StrEnum):
     two_batch = "two-batch"
 
 
+class Framework(StrEnum):
+    trtllm = "trtllm"
+    vllm = "vllm"
+    sglang = "sglang"
+
+
+class DpBalance(StrEnum):
+    even = "even"
+    random = "random"
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "predict",
@@ -228,6 +239,38 @@ def predict_cmd(
         help="--concurrency with fixed lengths: bunched (clients started together, as benchmark "
         "clients are) or spread (desynchronised).",
     ),
+    framework: Framework | None = typer.Option(
+        None,
+        "--framework",
+        help="Serving engine (CUDA-graph sizes, fused all-reduce + RMSNorm): trtllm, vllm, sglang.",
+    ),
+    dp_balance: DpBalance = typer.Option(
+        DpBalance.even,
+        "--dp-balance",
+        help="How sequences spread over DP-attention ranks: even (round-robin) or random.",
+    ),
+    context_cv: float = typer.Option(
+        0.0,
+        "--context-cv",
+        min=0.0,
+        help="Coefficient of variation of per-sequence context (DP-rank straggler).",
+    ),
+    mtp: int | None = typer.Option(
+        None, "--mtp", min=1, max=16, help="Speculative decoding: N draft tokens from MTP heads."
+    ),
+    spec_draft: str | None = typer.Option(
+        None, "--spec-draft", help="Speculative decoding with this draft model (preset or path)."
+    ),
+    spec_tokens: int | None = typer.Option(
+        None, "--spec-tokens", min=1, max=16, help="Tokens the --spec-draft model drafts per step."
+    ),
+    acceptance_rate: float | None = typer.Option(
+        None,
+        "--acceptance-rate",
+        min=0.0,
+        max=1.0,
+        help="Per-token acceptance of drafts (default: MTP 0.875, draft model 0.7; see README).",
+    ),
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -252,6 +295,9 @@ def predict_cmd(
         offload=offload,
         gpu_memory_utilization=gpu_memory_utilization,
         kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+        framework=None if framework is None else framework.value,
+        dp_balance=dp_balance.value,
+        context_cv=context_cv,
     )
     if gpu_memory_utilization is not None:
         layout = layout.with_(memory_utilization=gpu_memory_utilization)
@@ -281,11 +327,15 @@ def predict_cmd(
         input_dist=input_dist,
         output_dist=output_dist,
         arrivals=arrivals,
+        mtp=mtp,
+        spec_draft=spec_draft,
+        spec_tokens=spec_tokens,
+        acceptance_rate=acceptance_rate,
     )
     result["layout"]["memory_utilization"] = layout.memory_utilization
     result["price_usd_per_hour"] = resolve(model, hardware)[1].price_usd_per_hour
     if notes:
-        result["notes"] = notes
+        result["notes"] = notes + result.get("notes", [])
     from moesim.cli._common import print_json
     from moesim.cli._report import print_prediction
 

@@ -106,27 +106,56 @@ def causal_pairs(new_tokens, context, window=None) -> np.ndarray:
 # o_proj), FusedMoE / fused_moe.py (topk_softmax; moe_align_block_size, gate-up GEMM,
 # silu_and_mul, down GEMM, moe_sum), DeepseekV2MLAAttention (q_a GEMM fused with kv_a, two
 # LoRA RMSNorms; q_b; W_UK / W_UV bmm; rotary, concat_and_cache_mla, FlashMLA metadata, kernel,
-# split-KV combine), and the sampler (softmax, top-k/top-p, sample).
+# split-KV combine), and the sampler (logits to fp32, softmax, top-k/top-p, sample). Rotary
+# and the KV-cache write are their own operators (attn.rope, attn.kv_write).
 KERNELS_PER_OP = {
     "norms": 2,
     "attn.q_a_kv_a": 3,
     "attn.kv_a": 2,
-    ("attn.core", "prefill"): 3,
-    ("attn.core", "decode"): 3,
-    ("attn.core", "decode", "mla"): 4,
-    ("attn.core_sliding", "prefill"): 3,
-    ("attn.core_sliding", "decode"): 3,
+    ("attn.core", "prefill"): 1,
+    ("attn.core", "decode"): 1,
+    ("attn.core", "decode", "mla"): 2,
+    ("attn.core_sliding", "prefill"): 1,
+    ("attn.core_sliding", "decode"): 1,
     "attn.absorb": 2,
     "moe.router": 2,
     "moe.experts": 5,
-    "sampler": 3,
+    "sampler": 4,
 }
 
 
-def _kernel_count(name: str, phase: str, mla: bool) -> float:
+def _kernel_count(name: str, phase: str, mla: bool) -> float | None:
+    """Kernels of operator ``name`` from KERNELS_PER_OP; None when the table has no entry (the
+    operator keeps the count it was built with, 1 unless set)."""
     if mla and (name, phase, "mla") in KERNELS_PER_OP:
         return KERNELS_PER_OP[(name, phase, "mla")]
-    return KERNELS_PER_OP.get((name, phase), KERNELS_PER_OP.get(name, 1))
+    return KERNELS_PER_OP.get((name, phase), KERNELS_PER_OP.get(name))
+
+
+# ---- CUDA graphs and host launch cost
+# Engines replay decode steps from CUDA graphs captured up to a batch size and launch every
+# kernel from the host beyond it. Defaults: vLLM V1 max_cudagraph_capture_size 512
+# (min(2 x max_num_seqs, 512)); SGLang cuda_graph_max_bs 256 (tp < 4) / 512 on H100/H200-class
+# GPUs (server_args.py); TensorRT-LLM CudaGraphConfig max_batch_size 128.
+CUDA_GRAPH_MAX_BATCH = {"vllm": 512, "sglang": (256, 512), "trtllm": 128}
+# Host time per eagerly launched kernel: an eager 24-kernel MoE call (torch grouped_mm path)
+# took 303 us at one token on an H200 host (hwprofiles/measurements/h200/moe.csv), 12.6 us
+# per launch, the device idle meanwhile.
+EAGER_HOST_LAUNCH_S = 12.6e-6
+
+
+def graph_captured(framework, phase: str, seqs, tokens, tp) -> np.ndarray:
+    """Whether an engine replays this step from a CUDA graph (True) or launches it eagerly.
+
+    Decode: up to the engine's capture size (a generic engine: vLLM's). Prefill is launched
+    eagerly by every engine but is not host-bound at the chunk sizes they run, so it is
+    reported as captured (no host bound applied)."""
+    if phase != "decode":
+        return np.ones(np.shape(tokens), dtype=bool)
+    limit = CUDA_GRAPH_MAX_BATCH[framework or "vllm"]
+    if isinstance(limit, tuple):
+        limit = np.where(np.asarray(tp) < 4, limit[0], limit[1])
+    return np.asarray(seqs, dtype=float) <= limit
 
 
 @dataclass(frozen=True)
@@ -140,12 +169,18 @@ class StepShape:
     tokens_stage: np.ndarray  # tokens entering the MoE section of a stage (all DP groups)
 
 
-def step_shape(layout: Layout, seqs, new_tokens, context) -> StepShape:
+def step_shape(layout: Layout, seqs, new_tokens, context, stage_seqs=None) -> StepShape:
+    """``seqs`` per DP group (the busiest group when ranks differ); ``stage_seqs``, the
+    sequences of all DP groups of the stage together (default ``seqs * dp``)."""
     seqs = np.asarray(seqs, dtype=float)
     new_tokens = np.asarray(new_tokens, dtype=float)
     context = np.asarray(context, dtype=float)
     tokens_dp = seqs * new_tokens
-    return StepShape(seqs, new_tokens, context, tokens_dp, tokens_dp * layout.arr("dp"))
+    if stage_seqs is None:
+        tokens_stage = tokens_dp * layout.arr("dp")
+    else:
+        tokens_stage = np.asarray(stage_seqs, dtype=float) * new_tokens
+    return StepShape(seqs, new_tokens, context, tokens_dp, tokens_stage)
 
 
 def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: str) -> list[Op]:
@@ -202,9 +237,7 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             )
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context)
             flops = 2.0 * pairs * H * (d_qk + d_v)
-            io = (T * H * (d_qk + d_v) + keys * H * (d_qk + d_v)) * ab + s.seqs * s.new_tokens * (
-                r_kv + r_rope
-            ) * kvb
+            io = (T * H * (d_qk + d_v) + keys * H * (d_qk + d_v)) * ab
             ops.append(
                 Op(
                     "attn.core",
@@ -234,9 +267,12 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
                     H * r_kv,
                 )
             )
-            pairs = s.seqs * (s.context + 1.0)  # every cached token plus the new one
+            # Each of a sequence's new tokens (one, or 1 + N when verifying N draft tokens)
+            # sees the cache and the new tokens before it; the cache is read once per sequence.
+            pairs = s.seqs * causal_pairs(s.new_tokens, s.context)
+            keys = s.seqs * (s.context + s.new_tokens)
             flops = 2.0 * pairs * H * ((r_kv + r_rope) + r_kv)
-            io = pairs * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
+            io = keys * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
             ops.append(
                 Op(
                     "attn.core",
@@ -249,6 +285,19 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
                 )
             )
         ops.append(gemm_op("attn.o", "attention", T, h, H * d_v, wb, ab, cdt, per_layer))
+        # Rotary on the decoupled rope parts of q (H heads) and k (one shared head), in place;
+        # concat_and_cache_mla writes the latent and k_pe of the new tokens to the cache.
+        ops.append(
+            memory_op("attn.rope", "attention", 2.0 * T * (H + 1.0) * r_rope * ab, per_layer)
+        )
+        ops.append(
+            memory_op("attn.kv_write", "attention", T * (r_kv + r_rope) * (ab + kvb), per_layer)
+        )
+        quant_width = h + (model.q_lora_rank or 0) + H * d_v
+        if phase == "prefill":
+            quant_width = quant_width + (keys / np.maximum(T, 1e-30)) * r_kv
+        ops += _act_quant_ops("attn.quant", "attention", model, layout, cdt, T, quant_width, 3,
+                              per_layer)  # fmt: skip
         return ops
 
     d = model.attn_head_dim
@@ -270,16 +319,52 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
             flops = 4.0 * pairs * H * d
             keys = s.seqs * (s.new_tokens + np.minimum(s.context, window or np.inf))
-            io = 2.0 * T * H * d * ab + 2.0 * keys * Hkv * d * ab + 2.0 * T * Hkv * d * kvb
+            io = 2.0 * T * H * d * ab + 2.0 * keys * Hkv * d * ab
             ops.append(Op(name, "attention", "attention_prefill", count, flops, io, "bf16"))
         else:
-            # Decode reads the whole (windowed) K and V cache of every sequence once.
-            ctx = np.minimum(s.context + 1.0, window or np.inf)
-            pairs = s.seqs * ctx
+            # Decode reads the whole (windowed) K and V cache of every sequence once; each new
+            # token (1, or 1 + N when verifying drafts) attends to the cache and those before it.
+            keys = s.seqs * np.minimum(s.context + s.new_tokens, window or np.inf)
+            pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
             flops = 4.0 * pairs * H * d
-            io = 2.0 * pairs * Hkv * d * kvb + 2.0 * T * H * d * ab
+            io = 2.0 * keys * Hkv * d * kvb + 2.0 * T * H * d * ab
             ops.append(Op(name, "attention", "attention_decode", count, flops, io, "bf16"))
+    # Rotary embedding reads and writes q and k in place (vLLM rotary_embedding kernel);
+    # reshape_and_cache reads the new K and V and writes them into the paged cache.
+    ops.append(memory_op("attn.rope", "attention", 2.0 * T * (H + Hkv) * d * ab, per_layer))
+    ops.append(memory_op("attn.kv_write", "attention", 2.0 * T * Hkv * d * (ab + kvb), per_layer))
+    ops += _act_quant_ops("attn.quant", "attention", model, layout, cdt, T, h + H * d, 2,
+                          per_layer)  # fmt: skip
     return ops
+
+
+# Activation quantisation in front of fp8 GEMMs. Per-tensor (static scale, as fp8 checkpoints
+# for vLLM / TensorRT-LLM ship it): one kernel reads bf16 and writes fp8. 1x128 block scales
+# (DeepSeek-V3 report arXiv:2412.19437 section 3.3; DeepGEMM's input format; vLLM
+# per_token_group_quant_fp8, SGLang sglang_per_token_group_quant_fp8): one kernel that also
+# writes an fp32 scale per 128 channels. For per-tensor scales TensorRT-LLM fuses the
+# quantisation into the RMSNorm and gated-activation kernels that produce the GEMM input
+# (RmsnormQuantizationPlugin), so it launches nothing of its own there; its 1x128 block path
+# (DeepSeek on Hopper) runs fp8_quantize_1x128 before each GEMM like the other engines.
+def act_quant_mode(model) -> str:
+    """'block' for checkpoints quantised with 1x128 activation blocks (DeepSeek-V3/R1), else
+    'tensor'."""
+    return "block" if str(getattr(model, "model_type", "")).startswith("deepseek_v3") else "tensor"
+
+
+def _act_quant_ops(name, kind, model, layout, cdt, rows, width, launches, count) -> list[Op]:
+    """``launches`` quantisation kernels over ``rows`` x ``width`` activations in total."""
+    mode = act_quant_mode(model)
+    if cdt != "fp8" or (layout.framework == "trtllm" and mode == "tensor"):
+        return []
+    ab = dtype_bytes(layout.act_dtype)
+    elems = np.asarray(rows, dtype=float) * np.asarray(width, dtype=float)
+    per_elem = ab + 1.0  # read bf16, write fp8
+    if mode == "block":
+        per_elem = per_elem + FP8_SCALE_BYTES_PER_CHANNEL
+    op = memory_op(name, kind, elems * per_elem, count)
+    op.launches = float(launches)
+    return [op]
 
 
 def _ffn_gemms(
@@ -295,7 +380,7 @@ def _ffn_gemms(
         # SiLU(gate) * up reads both halves and writes one (SwiGLU, Shazeer 2020).
         memory_op(f"{prefix}.act", kind, T * (up_width + width_per_gpu) * ab, count),
         gemm_op(f"{prefix}.down", kind, T, h, width_per_gpu, wb, ab, cdt, count),
-    ]
+    ] + _act_quant_ops(f"{prefix}.quant", kind, model, layout, cdt, T, h + width_per_gpu, 2, count)
 
 
 def _moe_ops(
@@ -370,14 +455,28 @@ def _moe_ops(
                 message_bytes=misses * expert_bytes,
             )
         )
+    # fp8 experts: the down-projection input is quantised (fused with SiLU in SGLang's DeepGEMM
+    # path, a separate kernel in vLLM's fused_moe), the input too unless the dispatch already
+    # carries fp8 (DeepEP casts while sending).
     tp, dp = layout.arr("tp"), layout.arr("dp")
-    if np.any(ep > 1):
-        src_tokens = s.tokens_stage / (tp * dp)
+    # Tokens cross the EP group by all-to-all only with DP attention: under plain TP attention
+    # every GPU already holds all tokens, computes its experts' share and the MoE all-reduce
+    # sums it (vLLM uses all2all kernels only with DP + EP; TensorRT-LLM TP8 EP4).
+    a2a = (ep > 1) & (dp > 1)
+    quant_in = 0.0 if (layout.dispatch_dtype == "fp8" and np.all(a2a)) else 1.0
+    ops += _act_quant_ops("moe.quant", "moe", model, layout, cdt, 1.0,
+                          quant_in * load / k * h + load * I_gpu, 1.0 + quant_in, count)  # fmt: skip
+    if np.any(a2a):
+        # Every dispatch/combine is a barrier: it ends when the busiest GPU has sent its tokens
+        # (the busiest DP rank's) and received its share (the most loaded EP rank's, E[max]
+        # assignments over the group from the routing statistics).
+        src_mean = s.tokens_stage / (tp * dp)
+        src_tokens = np.maximum(s.tokens_dp / tp, src_mean * np.maximum(stats.max_load_ratio, 1.0))
         per_token_dispatch = h * dtype_bytes(layout.dispatch_dtype)
         if layout.dispatch_dtype == "fp8":
             per_token_dispatch = per_token_dispatch + h * FP8_SCALE_BYTES_PER_CHANNEL
         dom = layout.gpus_per_node or hw.scaleup_domain_size
-        remote = np.where(ep_ok & (ep > 1), stats.remote_gpus_per_token, 0.0)
+        remote = np.where(ep_ok & a2a, stats.remote_gpus_per_token, 0.0)
         intra_per_token, inter_per_token = _dispatch_destinations(
             s.tokens_stage, k, E, np.where(ep_ok, ep, 1.0), remote, dom, routing, redundant, phase
         )
@@ -406,19 +505,24 @@ def _scalar_int(value, name: str) -> int:
 def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, redundant, phase):
     """Copies of a token one GPU sends over the scale-up and the scale-out network per step.
 
-    Decode runs DeepEP's low-latency kernels, which send each token straight to every remote GPU
-    holding one of its experts (RDMA for GPUs in other domains). Prefill runs its normal kernels,
+    Decode runs DeepEP's low-latency kernels, which write one copy per (token, expert) pair into
+    the expert's receive slot (DeepEP ``internode_ll.cu``; its README benchmark moves 128 tokens
+    x top-8 x 7168 fp8 channels per call): k·(ep-1)/ep copies leave the GPU, however many
+    distinct GPUs they land on, RDMA for GPUs in other domains. Prefill runs the normal kernels,
     which cross the network once per distinct remote *node* and forward over NVLink inside it
     (DeepEP README; DeepSeek-V3 report arXiv:2412.19437 section 3.4: node-limited routing and
-    NVLink forwarding). Within one domain everything is NVLink.
+    NVLink forwarding), and send once per distinct remote GPU within a node.
     """
     from moesim.cost.routing import UNIFORM, routing_stats
 
     ep = np.asarray(ep, dtype=float)
     nodes = np.ceil(ep / domain)
     frac_out = remote_domain_fraction(ep, domain)
+    if phase != "prefill":
+        pairs = np.where(remote_gpus > 0, k * (ep - 1.0) / np.maximum(ep, 1.0), 0.0)
+        return pairs * (1.0 - frac_out), pairs * frac_out
     direct_intra, direct_inter = remote_gpus * (1.0 - frac_out), remote_gpus * frac_out
-    if phase != "prefill" or not np.any(nodes > 1):
+    if not np.any(nodes > 1):
         return direct_intra, direct_inter
     ok = (E + redundant) % nodes == 0
     remote_nodes = routing_stats(
@@ -427,7 +531,7 @@ def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, 
     ).remote_gpus_per_token  # distinct other nodes a token's experts live on  # fmt: skip
     hier_inter = remote_nodes
     hier_intra = np.maximum(remote_gpus - remote_nodes, 0.0)
-    multi = (nodes > 1) & ok
+    multi = (nodes > 1) & ok & (remote_gpus > 0)
     return np.where(multi, hier_intra, direct_intra), np.where(multi, hier_inter, direct_inter)
 
 
@@ -473,12 +577,16 @@ def step_ops(
     new_tokens,
     context,
     routing: RoutingOptions | None = None,
+    stage_seqs=None,
 ):
-    """All operators one GPU of the busiest stage runs in one step. Returns (ops, routing stats)."""
+    """All operators one GPU of the busiest stage runs in one step. Returns (ops, routing stats).
+
+    ``seqs`` are the sequences of the busiest DP group; ``stage_seqs`` those of all DP groups of
+    the stage together (default ``seqs * dp``), which the MoE layers see."""
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase must be 'prefill' or 'decode', not {phase!r}")
     routing = routing or RoutingOptions()
-    s = step_shape(layout, seqs, new_tokens, context)
+    s = step_shape(layout, seqs, new_tokens, context, stage_seqs)
     tp, pp = layout.arr("tp"), layout.arr("pp")
     # Each part's GEMMs run at its own stored format (parts a checkpoint keeps unquantised run
     # in the activation dtype); moesim.spec.dtypes.compute_choice says where each format runs.
@@ -492,9 +600,10 @@ def step_ops(
     T = s.tokens_dp
     L = model.num_hidden_layers
     ops = _attention_ops(model, hw, layout, s, phase, layout.weight_dtype, cdt_of["attention"])
-    # Two RMSNorms per layer, each reading and writing the hidden state (residual add fused in,
-    # as vLLM's fused_add_rms_norm does).
-    ops.append(memory_op("norms", "norm", 4.0 * T * h * ab, L / pp))
+    # Two fused add + RMSNorms per layer (vLLM fused_add_rms_norm): each reads the input and the
+    # residual and writes the new residual and the normed output, 4·T·h elements (8·T·h bytes
+    # in bf16).
+    ops.append(memory_op("norms", "norm", 2.0 * 4.0 * T * h * ab, L / pp))
     # TP all-reduce after attention (Megatron: one per attention block).
     ops.append(
         Op(
@@ -577,9 +686,10 @@ def step_ops(
     # These run once per step, not once per stage (per_stage=False).
     once = [
         memory_op("embedding", "lm_head", 2.0 * T * h * ab, 1.0),
-        # Sampling reads the fp32 logits of each sequence twice (softmax, top-k/top-p) and
-        # writes the probabilities once.
-        memory_op("sampler", "lm_head", 3.0 * s.seqs * model.vocab_size * 4.0, 1.0),
+        # Sampling on the logits of each sequence (vLLM Sampler with FlashInfer top-k/top-p):
+        # logits to fp32 (read bf16, write fp32), softmax (read, write fp32), top-k/top-p
+        # sampling from the probabilities (one read; rejection rounds stay in L2), the sample.
+        memory_op("sampler", "lm_head", s.seqs * model.vocab_size * (ab + 4.0 + 8.0 + 4.0), 1.0),
         gemm_op(
             "lm_head", "lm_head", s.seqs, model.vocab_size / tp, h, wb, ab, cdt_of["lm_head"], 1.0
         ),
@@ -611,5 +721,29 @@ def step_ops(
         send.per_stage = False  # (pp - 1) sends per micro-batch: counted by the pipeline
         ops.append(send)
     for op in ops:
-        op.launches = _kernel_count(op.name, phase, model.is_mla)
+        launches = _kernel_count(op.name, phase, model.is_mla)
+        if launches is not None:
+            op.launches = launches
+    _fuse_allreduce_norms(ops, layout, T, h, ab)
     return ops, stats
+
+
+def _fused_norms(layout) -> bool:
+    from moesim.cost.collectives_ext import fuses_allreduce_norm
+
+    return fuses_allreduce_norm(layout.framework)
+
+
+def _fuse_allreduce_norms(ops: list[Op], layout, T, h, ab) -> None:
+    """TensorRT-LLM and SGLang run the residual add + RMSNorm after each TP all-reduce inside
+    the all-reduce kernel (collectives_ext.fuses_allreduce_norm): with tp > 1 both norms of a
+    layer follow an all-reduce, so the norm kernels vanish and their traffic shrinks to the
+    residual read and the residual and normed writes (the reduced sum stays on chip)."""
+    if not _fused_norms(layout):
+        return
+    tp = layout.arr("tp")
+    for op in ops:
+        if op.name == "norms":
+            fused = tp > 1
+            op.hbm_bytes = np.where(fused, 2.0 * 3.0 * T * h * ab, op.hbm_bytes)
+            op.launches = np.where(fused, 0.0, op.launches)

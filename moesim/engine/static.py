@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.cost.ops import RoutingOptions
+from moesim.cost.speculative import speculative_decode
 from moesim.cost.step import OpTiming, StepResult, evaluate_ops, step  # noqa: F401 (re-exported)
 from moesim.engine import memory as mem
 from moesim.engine.memory import memory_per_gpu  # noqa: F401 (re-exported)
@@ -55,6 +56,7 @@ def predict(
     breakdown: bool = False,
     prefix_cache_hit_rate=0.0,
     engine=None,
+    speculation=None,
 ) -> dict:
     """Serve a static batch of ``batch`` requests (across the whole layout): prefill all prompts,
     then decode ``output_len`` tokens each. Returns a dict of numpy arrays (broadcast over every
@@ -83,12 +85,20 @@ def predict(
     # context, so the step at the mean context gives the mean step time.
     mean_ctx = input_len + output_len / 2.0
     decode = step(model, hw, layout, "decode", seqs, 1.0, mean_ctx, routing)
+    # speculative decoding (moesim.cost.speculative): decode.time_s becomes time per accepted token
+    spec_keys = {}
+    if speculation is not None:
+        decode, spec_keys = speculative_decode(
+            model, hw, layout, speculation, seqs, mean_ctx, routing
+        )
     out = _metrics(
         model, hw, layout, batch, seqs, input_len, output_len, prefill, decode,
         max_batched_tokens, engine,
     )  # fmt: skip
+    out.update(spec_keys)
     if breakdown:
         out["breakdown"] = {"prefill": _rows(prefill), "decode": _rows(decode)}
+        out["overlap"] = {"prefill": prefill.overlap_summary(), "decode": decode.overlap_summary()}
     return out
 
 
@@ -249,6 +259,7 @@ def predict_phase(
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
     breakdown: bool = False,
     engine=None,
+    speculation=None,
 ) -> dict:
     """One pool's steady state. ``phase='decode'``: ``batch`` sequences (whole layout) each at
     ``context_len`` tokens of context -> ``tpot_s``, ``decode_tokens_per_s_per_gpu``.
@@ -264,6 +275,10 @@ def predict_phase(
     if phase == "decode":
         ctx = input_len if context_len is None else np.asarray(context_len, dtype=float)
         res = step(model, hw, layout, "decode", seqs, 1.0, ctx, routing)
+        # speculative decoding (moesim.cost.speculative): res.time_s becomes time per token
+        spec_keys = {}
+        if speculation is not None:
+            res, spec_keys = speculative_decode(model, hw, layout, speculation, seqs, ctx, routing)
         tps = batch / res.time_s
         out = {
             "tpot_s": res.time_s,
@@ -272,7 +287,7 @@ def predict_phase(
             "output_tokens_per_s_per_user": 1.0 / res.time_s,
             "usd_per_million_output_tokens": price / tps * 1e6,
             "decode_comm_share": res.comm_share,
-        }
+        } | spec_keys
         mem_ctx, max_tokens = ctx, seqs
     elif phase == "prefill":
         mb = prefill_micro_batches(layout, seqs)
@@ -310,4 +325,5 @@ def predict_phase(
     out.update(_routing_fields(res.routing))
     if breakdown:
         out["breakdown"] = {phase: _rows(res)}
+        out["overlap"] = {phase: res.overlap_summary()}
     return out

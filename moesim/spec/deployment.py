@@ -24,6 +24,11 @@ from moesim.spec.dtypes import (
 )
 
 OVERLAP_MODES = ("none", "two-batch")
+# Serving engines whose kernels and schedules differ (CUDA-graph capture sizes, fused
+# all-reduce + RMSNorm, activation-quantisation fusion); None = a generic engine.
+FRAMEWORKS = ("trtllm", "vllm", "sglang")
+# How requests are placed on attention-DP ranks (moesim.cost.straggler).
+DP_BALANCE_MODES = ("even", "random")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,9 @@ class Layout:
     # and runtime buffers (None: size the KV cache by memory_utilization or the engine's rule).
     kv_cache_free_gpu_memory_fraction: float | None = None
     gpus_per_node: int | None = None  # None: the hardware profile's value
+    framework: str | None = None  # trtllm | vllm | sglang; None = generic engine
+    dp_balance: str = "even"  # placement of sequences on DP ranks: even | random
+    context_cv: float = 0.0  # coefficient of variation of per-sequence context (DP straggler)
     extras: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +86,16 @@ class Layout:
         free = self.kv_cache_free_gpu_memory_fraction
         if free is not None and not 0 < free <= 1:
             raise MoesimError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
+        if self.framework is not None and self.framework not in FRAMEWORKS:
+            raise MoesimError(
+                f"framework {self.framework!r} must be one of {', '.join(FRAMEWORKS)}"
+            )
+        if self.dp_balance not in DP_BALANCE_MODES:
+            raise MoesimError(
+                f"dp_balance {self.dp_balance!r} must be one of {', '.join(DP_BALANCE_MODES)}"
+            )
+        if not np.isfinite(self.context_cv) or self.context_cv < 0:
+            raise MoesimError("context_cv must be a finite number >= 0")
 
     def arr(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name), dtype=float)
@@ -108,7 +126,8 @@ def check_layout(model, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     reason is '' where possible. Rules follow what serving engines enforce: attention heads split
     evenly over TP (Megatron); KV heads either split evenly or replicate (TP a multiple of them,
     vLLM's QKVParallelLinear); EP divides the GPUs of a stage and the expert slots (experts plus
-    redundant replicas); PP no deeper than the layer count.
+    redundant replicas, (E + R) % ep == 0 — the redundant ones need not split evenly); PP no
+    deeper than the layer count.
     """
     tp, ep, pp, dp = (layout.arr(n) for n in ("tp", "ep", "pp", "dp"))
     shape = np.broadcast_shapes(
@@ -134,10 +153,10 @@ def check_layout(model, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
             f"ep does not divide the {model.num_experts} experts (+ redundant slots)",
         )
         fail(ep > slots, "ep exceeds the number of expert slots")
-        fail(
-            np.asarray(layout.redundant_experts) % ep != 0,
-            "redundant experts must spread evenly over ep",
-        )
+        # Only the slot count must divide: EPLB places the E + R replicas so that every GPU holds
+        # (E + R)/ep slots, however the R redundant ones fall (DeepSeek's production layouts:
+        # 256 + 32 = 288 slots on EP72 and EP144; github.com/deepseek-ai/EPLB, open-infra-index
+        # day 6 inference overview).
     else:
         fail(ep > 1, "ep > 1 needs an MoE model")
     fail(pp > model.num_hidden_layers, f"pp exceeds the {model.num_hidden_layers} layers")
