@@ -55,9 +55,15 @@ def _tables_bytes(model, layout: Layout) -> np.ndarray:
 
 
 def weights_bytes_per_gpu(model, layout: Layout) -> np.ndarray:
-    """Weight bytes on one GPU of the fullest stage."""
+    """Weight bytes on one GPU of the fullest stage, each part in the format the checkpoint
+    stores it (:func:`moesim.spec.dtypes.weight_bytes_per_param`: e.g. gpt-oss keeps attention
+    in bf16 beside MXFP4 experts)."""
+    from moesim.spec.dtypes import weight_bytes_per_param
+
+    def wb(part: str) -> float:
+        return weight_bytes_per_param(model, layout, part)
+
     tp, ep, pp = layout.arr("tp"), layout.arr("ep"), layout.arr("pp")
-    wb = dtype_bytes(layout.weight_dtype)
     h, L = model.hidden_size, model.num_hidden_layers
     frac = np.ceil(L / pp) / L
     if model.is_mla:
@@ -68,19 +74,23 @@ def weights_bytes_per_gpu(model, layout: Layout) -> np.ndarray:
         kv = 2 * h * Hkv * d
         attn = (model.attention_params_per_layer - kv) / tp + kv * np.maximum(1.0 / tp, 1.0 / Hkv)
     n_moe = model.num_moe_layers if model.is_moe else 0
-    per_gpu = attn * L + model.norm_params_per_layer * L
+    # Norm weights stay in the activation dtype in every checkpoint format.
+    norm_bytes = dtype_bytes(layout.act_dtype)
+    per_gpu = attn * L * wb("attention") + model.norm_params_per_layer * L * norm_bytes
     if model.is_moe:
         slots = model.num_experts + np.asarray(layout.redundant_experts, dtype=float)
         resident = 1.0 - np.asarray(layout.offload_fraction, dtype=float)
         experts = slots / ep * model.expert_params / layout.moe_tp * resident
         per_gpu = per_gpu + n_moe * (
-            experts + model.router_params_per_layer + model.shared_expert_params_per_layer / tp
+            experts * wb("experts")
+            + model.router_params_per_layer * wb("router")
+            + model.shared_expert_params_per_layer / tp * wb("shared_experts")
         )
-        per_gpu = per_gpu + (L - n_moe) * model.dense_ffn_params_per_layer / tp
+        per_gpu = per_gpu + (L - n_moe) * model.dense_ffn_params_per_layer / tp * wb("dense_ffn")
     else:
-        per_gpu = per_gpu + L * model.dense_ffn_params_per_layer / tp
-    per_gpu = per_gpu + L * model.dense_residual_params_per_layer / tp
-    return per_gpu * frac * wb + _tables_bytes(model, layout)
+        per_gpu = per_gpu + L * model.dense_ffn_params_per_layer / tp * wb("dense_ffn")
+    per_gpu = per_gpu + L * model.dense_residual_params_per_layer / tp * wb("dense_ffn")
+    return per_gpu * frac + _tables_bytes(model, layout)
 
 
 def kv_bytes_per_seq(model, layout: Layout, context_len) -> np.ndarray:
