@@ -224,19 +224,21 @@ class StepCost:
 def recombine(res, layout: Layout, d_compute, d_floor, once_t, once_f):
     """(time, floor, comm share) of ``res`` (a :class:`~moesim.cost.step.StepResult`) with its
     per-stage compute changed by ``d_compute`` (floor ``d_floor``) and its once-per-step operators
-    replaced by ``once_t`` / ``once_f``, combined through the pipeline as ``step`` combines them:
-    stage = compute + comm (two-batch overlap: 2 max(compute, comm) of each half),
-    time = pp (stage + once) + (pp - 1) p2p, floor = pp (compute floors + once floors)."""
-    split = 2.0 if layout.overlap == "two-batch" else 1.0
+    replaced by ``once_t`` / ``once_f``.
+
+    ``res`` is the step of all the step's tokens, so its time already carries what ``step``
+    models beyond a sum of operators (the per-layer two-batch overlap, the busiest DP rank, the
+    host-launch bound); the composition-dependent attention is added to it on every stage,
+    outside any overlap (for a step of one kind the delta is zero and this is ``step`` itself;
+    for a mixed step under two-batch overlap it charges the attention difference in full, an
+    upper bound on what the overlap would hide). time = res + pp (d_compute + once - res once).
+    """
     pp = layout.arr("pp")
-    p2p, _ = _sum(res.ops, lambda o: o.name == "pp.send")
-    _, of_old = _sum(res.ops, _once)
-    compute = np.asarray(res.compute_s) / split + d_compute
-    comm = np.asarray(res.comm_s) / split
-    stage = 2.0 * np.maximum(compute, comm) if split == 2.0 else compute + comm
-    time = pp * (stage + split * once_t) + (pp - 1.0) * p2p
-    floor_stage = np.asarray(res.floor_s) / (pp * split) - of_old + d_floor
-    floor = pp * split * (floor_stage + once_f)
+    ot_old, of_old = _sum(res.ops, _once)
+    time = np.asarray(res.time_s) + pp * (d_compute + once_t - ot_old)
+    floor = np.asarray(res.floor_s) + pp * (d_floor + once_f - of_old)
+    compute = np.asarray(res.compute_s) + d_compute
+    comm = np.asarray(res.comm_s)
     total = compute + comm
     share = np.where(total > 0, comm / np.where(total > 0, total, 1.0), 0.0)
     return time, np.minimum(floor, time), share

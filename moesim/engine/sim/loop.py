@@ -431,7 +431,8 @@ def run_instance(
         dd = D if run_dec else 0
         T = dd + P
         if P:
-            a = a_mix[T]
+            # a step with prefill costs at least the decode-only step of its decodes
+            a = a_mix[T] if a_mix[T] > a_dec[dd] else a_dec[dd]
             bm = b_mix[T]
             o = o_mix[T]
         else:

@@ -14,17 +14,18 @@ fall into parts that depend on different things:
 - decode attention: on D and the decoders' total context C (memory-bound KV reads);
 - prefill attention: per chunk, on (P_i, c_i) (causal pairs P_i c_i + P_i (P_i + 1) / 2).
 
-Each part is tabulated on a grid with one vectorised call of the cost model, made monotone
-(more work never takes less time) and combined exactly as :func:`moesim.cost.step.step`
-combines operators (``pp`` micro-batches; two-batch overlap hides communication under
-compute):
+Each part is tabulated on a grid from :func:`moesim.cost.step.step` itself (so the per-layer
+two-batch overlap, the busiest DP rank and the host-launch bound it models are in the table),
+made monotone (more work never takes less time) and combined as
 
-    step_s = max(A[T] + dec(D, C) + sum_i pref(P_i, c_i), B[T]) + O[T] + H[S]
+    step_s = max(A_row[T], A_dec[D]) + dec(D, C) + sum_i pref(P_i, c_i) + H[S]
 
-with A the token-linear compute (plus communication when not overlapped), B the overlapped
-communication (0 otherwise), O the once-per-step operators and pipeline sends, H the LM head.
-A decode-only step of D sequences at context c reproduces ``step(phase='decode')`` and a
-single-chunk prefill reproduces ``step(phase='prefill')`` (tests hold both).
+with A_dec[T] a decode-only step of T sequences at context 0 and A_pre[T] one prompt of T
+tokens at context 0 (row 1, used when the step carries prefill), both less their LM head and
+prompt attention; dec(D, u) = step(D, u) - step(D, 0), so a decode-only step of D sequences at
+mean context u reproduces ``step(phase='decode')`` at the grid's nodes, and a single-chunk
+prefill reproduces ``step(phase='prefill')`` (tests hold both). In a mixed step the attention is
+added outside any overlap: an upper bound where two-batch overlap would hide part of it.
 
 The table is the simulator's only view of the cost model: swapping in another engine model's
 mixed-step cost means building a StepTable from it (see :func:`build_step_table`).
@@ -103,8 +104,14 @@ class StepTable:
         chunks = (p > 0).astype(np.int64) if prefill_chunks is None else np.asarray(prefill_chunks)
         t = np.clip(d + p, 0, self.max_tokens)
         row = (p > 0).astype(np.int64)
+        # A step with prefill costs at least the decode-only step of its decodes.
+        lin = np.where(
+            p > 0,
+            np.maximum(self.tok_inner_s[1, t], self.tok_inner_s[0, np.clip(d, 0, self.max_tokens)]),
+            self.tok_inner_s[0, t],
+        )
         inner = (
-            self.tok_inner_s[row, t]
+            lin
             + self.decode_attention_s(d, decode_context_tokens)
             + np.asarray(prefill_attention_s, dtype=float)
         )
@@ -220,79 +227,70 @@ def build_step_table(
     ``pp`` micro-batches, as :func:`moesim.cost.step.step` does.
     """
     from moesim.cost.ops import routing_or_default
+    from moesim.cost.step import step
 
     routing = routing_or_default(routing)
     pp = float(np.max(layout.arr("pp")))
     dp = float(np.max(layout.arr("dp")))
-    split = 2.0 if layout.overlap == "two-batch" else 1.0
-    div = dp * pp * split  # an instance's tokens -> one micro-batch of one DP group (per half)
-    scale = pp * split  # per-micro-batch time -> step time
     lmax = max(int(max_context), 1)
 
-    def lin(name):
-        return name not in HEAD_OPS and name not in DECODE_ATTN_OPS | PREFILL_ATTN_OPS
+    def run(phase, seqs_total, new_tokens, context):
+        """``step`` for ``seqs_total`` sequences of the instance (spread over its DP groups)."""
+        return step(model, hw, layout, phase, np.asarray(seqs_total, float) / dp, new_tokens,
+                    context, routing)  # fmt: skip
+
+    def part(res, names) -> np.ndarray:
+        """Seconds the operators ``names`` add to ``res``'s step: per-stage operators run on
+        every stage of a micro-batch's way, once-per-step ones once per stage pass (pp x)."""
+        return pp * sum((t.time_s for t in res.ops if t.name in names), np.asarray(0.0))
 
     # Token-linear part: every integer T up to EXACT_TOKENS (tile and wave quantisation make
-    # it a staircase), a fine grid above that.
-    t_eval = np.arange(0, min(max_tokens, EXACT_TOKENS) + 1, dtype=float)
+    # it a staircase), a fine grid above that. Row 0: a decode-only step of T sequences (at
+    # context 0; the context's share is dec_s). Row 1: a step with prefill, as one prompt of T
+    # tokens (its attention is pref_s). Both come from step() itself, so the overlap, the
+    # busiest DP rank and the host-launch bound it models are in them; the attention of a mixed
+    # step is added on top, outside any overlap (an upper bound where two-batch overlap would
+    # hide some of it).
+    t_eval = np.arange(1, min(max_tokens, EXACT_TOKENS) + 1, dtype=float)
     if max_tokens > EXACT_TOKENS:
         t_eval = np.concatenate([t_eval, np.arange(EXACT_TOKENS + 16, max_tokens + 16, 16.0)])
         t_eval[-1] = max_tokens
     t_all = np.arange(max_tokens + 1, dtype=float)
-    rows = []
-    for phase in ("decode", "prefill"):
-        c, m, o, p2p = _parts(model, hw, layout, phase, t_eval / div, 1.0, 0.0, routing, lin)
-        if split == 2.0:
-            inner, comm = scale * c, scale * m
-        else:
-            inner, comm = scale * (c + m), np.zeros_like(c)
-        once = scale * o + (pp - 1.0) * p2p
-        rows.append(
-            [
-                np.interp(t_all, t_eval, np.broadcast_to(v, t_eval.shape))
-                for v in (inner, comm, once)
-            ]
-        )
-    tok = [np.stack([rows[0][k], rows[1][k]]) for k in range(3)]
-    # A step with prefill never costs less than a decode-only step of the same tokens.
-    for k in range(3):
-        tok[k][1] = np.maximum(tok[k][1], tok[k][0])
-    fixes = []
-    for k in range(3):
-        tok[k], fix = _monotone(tok[k])
-        fixes.append(fix)
+    dec0 = run("decode", t_eval, 1.0, 0.0)
+    lin_dec = np.asarray(dec0.time_s) - part(dec0, HEAD_OPS)
+    pre0 = run("prefill", 1.0, t_eval, 0.0)
+    lin_pre = np.asarray(pre0.time_s) - part(pre0, HEAD_OPS) - part(pre0, PREFILL_ATTN_OPS)
+    rows = [np.interp(t_all, np.concatenate([[0.0], t_eval]), np.concatenate([[0.0], v]))
+            for v in (lin_dec, lin_pre)]  # fmt: skip
+    mono = [_monotone(r) for r in rows]  # along tokens, each row on its own
+    inner = np.stack([m for m, _ in mono])
+    fixes = [max(f for _, f in mono)]
+    zeros = np.zeros_like(inner)
 
     # LM head and sampler: per sequence producing logits.
     s_all = np.arange(max_seqs + 1, dtype=float)
-    _, hm, ho, _ = _parts(
-        model, hw, layout, "decode", s_all / div, 1.0, 0.0, routing, lambda n: n in HEAD_OPS
-    )
-    head, fix = _monotone(scale * (ho + hm))  # the logit gather is once-per-step communication
+    head, fix = _monotone(part(run("decode", np.maximum(s_all, 1e-9), 1.0, 0.0), HEAD_OPS))
+    head[0] = 0.0
     fixes.append(fix)
 
-    # Decode attention: decoders D (nodes, expanded to every integer) x mean context u.
+    # Decode attention: what context adds to a decode-only step of D sequences (nodes, expanded
+    # to every integer) at mean context u: step(D, u) - step(D, 0), exact at the nodes.
     d_nodes = _grid(max_seqs, 32, 48)
     du = lmax / (DECODE_CONTEXT_NODES - 1)
     u = np.arange(DECODE_CONTEXT_NODES) * du
-    dc, _, _, _ = _parts(
-        model, hw, layout, "decode", d_nodes[:, None] / div, 1.0, u[None, :], routing,
-        lambda n: n in DECODE_ATTN_OPS,
-    )  # fmt: skip
-    dec, fix = _monotone(
-        _expand_rows(d_nodes, scale * np.broadcast_to(dc, (d_nodes.size, u.size)), max_seqs)
-    )
+    at_u = np.asarray(run("decode", d_nodes[:, None], 1.0, u[None, :]).time_s)
+    at_0 = np.asarray(run("decode", d_nodes[:, None], 1.0, 0.0).time_s)
+    dc = np.maximum(np.broadcast_to(at_u - at_0, (d_nodes.size, u.size)), 0.0)
+    dec, fix = _monotone(_expand_rows(d_nodes, dc, max_seqs))
     fixes.append(fix)
 
     # Prefill attention of one chunk: tokens P (nodes, expanded) x context already cached c.
     p_nodes = _grid(max_tokens, 64, 96)
     dcc = lmax / (PREFILL_CONTEXT_NODES - 1)
     cc = np.arange(PREFILL_CONTEXT_NODES) * dcc
-    pc, _, _, _ = _parts(
-        model, hw, layout, "prefill", 1.0 / div, p_nodes[:, None], cc[None, :], routing,
-        lambda n: n in PREFILL_ATTN_OPS,
-    )  # fmt: skip
+    pc = part(run("prefill", 1.0, p_nodes[:, None], cc[None, :]), PREFILL_ATTN_OPS)
     pref, fix = _monotone(
-        _expand_rows(p_nodes, scale * np.broadcast_to(pc, (p_nodes.size, cc.size)), max_tokens)
+        _expand_rows(p_nodes, np.broadcast_to(pc, (p_nodes.size, cc.size)), max_tokens)
     )
     fixes.append(fix)
 
@@ -302,5 +300,16 @@ def build_step_table(
         f"largest monotone correction {max(fixes):.2%}"
     )
     return StepTable(
-        int(max_tokens), int(max_seqs), lmax, tok[0], tok[1], tok[2], head, dec, du, pref, dcc, desc
+        int(max_tokens),
+        int(max_seqs),
+        lmax,
+        inner,
+        zeros,
+        zeros.copy(),
+        head,
+        dec,
+        du,
+        pref,
+        dcc,
+        desc,
     )
