@@ -97,7 +97,8 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists (signal 0 probes without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -187,5 +188,5 @@ class StagedDir:
                 pid = int(p.name[len(_STAGE) :].split("-", 1)[0])
             except ValueError:
                 continue
-            if pid != os.getpid() and not _pid_alive(pid) and p.is_dir():
+            if pid != os.getpid() and not pid_alive(pid) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)

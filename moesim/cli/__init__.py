@@ -159,6 +159,11 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, RecursionError):
         _error("input nested too deeply")
         return EXIT_USAGE
+    if isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        # the file system said no (permission, full disk, a folder where a file was expected)
+        where = f" {exc.filename}" if exc.filename else ""
+        _error(f"cannot use{where}: {exc.strerror or type(exc).__name__}")
+        return EXIT_USAGE
     text = " ".join(str(exc).split())[:300]
     _error(f"internal error ({kind}: {text}); please report it (MOESIM_DEBUG=1 shows where)")
     return EXIT_INTERNAL

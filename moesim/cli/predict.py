@@ -6,6 +6,18 @@ from enum import StrEnum
 
 import typer
 
+from moesim.errors import MoesimError
+from moesim.spec.limits import (
+    MAX_BATCH,
+    MAX_BLOCK_M,
+    MAX_GPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_PARALLEL,
+    MAX_REDUNDANT_EXPERTS,
+    MAX_REPLICAS,
+    MAX_TOKENS,
+)
+
 ORDER = 30
 
 
@@ -37,16 +49,19 @@ def predict_cmd(
         ..., "--hardware", "-H", help="Hardware profile name (moesim hw list) or YAML path."
     ),
     batch: int = typer.Option(
-        ..., "--batch", "-b", min=1, help="Concurrent sequences across the whole layout."
+        ..., "--batch", "-b", min=1, max=MAX_BATCH, help="Concurrent sequences across the layout."
     ),
-    input_len: int = typer.Option(1024, "--input-len", min=1, help="Prompt tokens per request."),
+    input_len: int = typer.Option(
+        1024, "--input-len", min=1, max=MAX_TOKENS, help="Prompt tokens per request."
+    ),
     output_len: int = typer.Option(
-        256, "--output-len", min=1, help="Generated tokens per request."
+        256, "--output-len", min=1, max=MAX_TOKENS, help="Generated tokens per request."
     ),
     context_len: int | None = typer.Option(
         None,
         "--context-len",
         min=1,
+        max=MAX_TOKENS,
         help="Decode phase: tokens of context per sequence (default input+output/2).",
     ),
     phase: Phase = typer.Option(
@@ -55,24 +70,35 @@ def predict_cmd(
         help="both: a static batch end to end; decode / prefill: one pool's steady state.",
     ),
     tp: int = typer.Option(
-        1, "--tp", min=1, help="Tensor parallel size (attention; and experts unless --ep)."
+        1,
+        "--tp",
+        min=1,
+        max=MAX_PARALLEL,
+        help="Tensor parallel size (attention; experts unless --ep).",
     ),
-    ep: int = typer.Option(1, "--ep", min=1, help="Expert parallel size (divides tp*dp)."),
-    pp: int = typer.Option(1, "--pp", min=1, help="Pipeline stages."),
+    ep: int = typer.Option(
+        1, "--ep", min=1, max=MAX_PARALLEL, help="Expert parallel size (divides tp*dp)."
+    ),
+    pp: int = typer.Option(1, "--pp", min=1, max=MAX_PARALLEL, help="Pipeline stages."),
     dp: int = typer.Option(
-        1, "--dp", min=1, help="Attention data-parallel groups per stage (DP attention)."
+        1, "--dp", min=1, max=MAX_PARALLEL, help="Attention data-parallel groups per stage."
     ),
     replicas: int = typer.Option(
-        1, "--replicas", min=1, help="Independent copies of the whole layout."
+        1, "--replicas", min=1, max=MAX_REPLICAS, help="Independent copies of the whole layout."
     ),
     nodes: int | None = typer.Option(
         None,
         "--nodes",
         min=1,
+        max=MAX_GPUS,
         help="Nodes; with --gpus-per-node, unset --dp fills them with DP attention.",
     ),
     gpus_per_node: int | None = typer.Option(
-        None, "--gpus-per-node", min=1, help="GPUs per node (default: the profile's)."
+        None,
+        "--gpus-per-node",
+        min=1,
+        max=MAX_GPUS_PER_NODE,
+        help="GPUs per node (default: the profile's).",
     ),
     dtype: str = typer.Option("bf16", "--dtype", help="Weight dtype: bf16, fp16, fp8, fp4."),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8."),
@@ -95,10 +121,11 @@ def predict_cmd(
         0,
         "--redundant-experts",
         min=0,
+        max=MAX_REDUNDANT_EXPERTS,
         help="Extra expert replicas (EPLB) spread over the EP group.",
     ),
     block_m: int = typer.Option(
-        64, "--block-m", min=1, help="Grouped-GEMM block M that expert tokens pad to."
+        64, "--block-m", min=1, max=MAX_BLOCK_M, help="Grouped-GEMM block M tokens pad to."
     ),
     offload: float = typer.Option(
         0.0,
@@ -128,6 +155,18 @@ def predict_cmd(
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
+    from moesim.spec.limits import MAX_CAPACITY_FACTOR, MAX_RATE_PER_S, check_real
+    from moesim.spec.limits import check_tokens_in_flight as _check_tokens
+
+    if capacity_factor is not None:
+        check_real("--capacity-factor", capacity_factor, 0, MAX_CAPACITY_FACTOR, lo_open=True)
+    if rate is not None:
+        check_real("--rate", rate, 0, MAX_RATE_PER_S, unit="requests/s")
+    check_real("--offload", offload, 0, 1)
+    check_real("--prefix-cache-hit-rate", prefix_cache_hit_rate, 0, 1)
+    _check_tokens(batch, input_len if context_len is None else context_len, output_len)
+    if disaggregate is not None and len(disaggregate) > 1000:
+        raise MoesimError("--disaggregate: a spec is at most 1,000 characters")
     from moesim.api import build_layout, run_prediction
 
     layout, notes = build_layout(

@@ -219,7 +219,7 @@ def _syntax_error(exc, display: str) -> MoesimError:
     problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
     if "duplicate key" in problem:
         problem = problem.split(" with value")[0]
-    return MoesimError(f"{display}:{line}: not valid YAML: {problem}")
+    return MoesimError(f"{display}:{line}: YAML syntax error (not valid YAML): {problem}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -312,9 +312,9 @@ def parse_json(text: str, display: str, *, top: type | tuple[type, ...] = dict) 
     try:
         data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise MoesimError(f"{display}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        raise MoesimError(f"{display}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except (ValueError, OverflowError) as exc:
-        raise MoesimError(f"{display}: not valid JSON: {_first_line(exc)}") from None
+        raise MoesimError(f"{display}: invalid JSON: {_first_line(exc)}") from None
     except RecursionError:
         raise MoesimError(f"{display}: nested too deeply") from None
     if not isinstance(data, top):
