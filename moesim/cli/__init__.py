@@ -159,6 +159,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, RecursionError):
         _error("input nested too deeply")
         return EXIT_USAGE
+    if isinstance(exc, UnicodeDecodeError):
+        _error(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8")
+        return EXIT_USAGE
     if isinstance(exc, OSError) and (exc.filename or exc.strerror):
         # the file system said no (permission, full disk, a folder where a file was expected)
         where = f" {exc.filename}" if exc.filename else ""

@@ -209,6 +209,8 @@ def predict_cmd(
     from moesim.cli._report import print_prediction
 
     feasible = bool(result.get("feasible", True))
+    if feasible:
+        _refuse_impossible_numbers(result)
     if as_json:
         print_json(result)
     elif feasible:
@@ -216,3 +218,23 @@ def predict_cmd(
     if not feasible:
         typer.secho(f"error: infeasible layout: {result.get('reason')}", fg="red", err=True)
         raise typer.Exit(2)
+
+
+def _refuse_impossible_numbers(result: dict, where: str = "") -> None:
+    """A feasible prediction holding an infinite, NaN or negative number is not printed: the
+    inputs took the model outside the range it stands behind (never a silent wrong number)."""
+    import math
+
+    from moesim.errors import MoesimError
+
+    for key, value in result.items():
+        if key in ("breakdown", "notes", "layout"):
+            continue
+        if isinstance(value, dict):
+            _refuse_impossible_numbers(value, f"{where}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise MoesimError(
+                    f"the model gives {where}{key} = {value} for these inputs, which no real "
+                    "deployment has; refusing to report it (are the inputs in range?)"
+                )
