@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     bare = [sys.executable, "-c", "pass"]
     predict = [sys.executable, "-m", "moesim", *PREDICT]
     _wall(predict, env)  # warm the OS file cache, not Python: each run is a new interpreter
@@ -67,7 +70,9 @@ def main() -> None:
         "python_c_pass_median_s": round(statistics.median(t_bare), 4),
         "predict_median_s": round(statistics.median(t_predict), 4),
         "predict_min_s": round(min(t_predict), 4),
-        "ratio_predict_over_python": round(statistics.median(t_predict) / statistics.median(t_bare), 2),
+        "ratio_predict_over_python": round(
+            statistics.median(t_predict) / statistics.median(t_bare), 2
+        ),
         "heavy_modules_imported": _heavy_imports(env),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

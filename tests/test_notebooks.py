@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ def test_notebook_executes(name):
         timeout=60,
         resources={"metadata": {"path": str(ROOT / "notebooks")}},
     )
-    t0 = time.perf_counter()
-    client.execute()
-    assert time.perf_counter() - t0 < 60
+    client.execute()  # nbclient's per-cell timeout guards against a hang; speed is not tested
     errors = [
         o
         for c in nb.cells

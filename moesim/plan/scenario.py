@@ -98,10 +98,19 @@ class Range(BaseModel):
         return self.start + self.step * np.arange(n)
 
 
+def _no_bools(values: list) -> list:
+    # pydantic reads true as 1; in a sweep axis that is a typo, not a number
+    if any(isinstance(v, bool) for v in values):
+        raise ValueError("expected numbers or names, got a boolean (true/false)")
+    return values
+
+
 def _as_list(value: Any) -> Any:
-    if isinstance(value, (list, tuple, dict)) or value is None:
+    if isinstance(value, (list, tuple)):
+        return _no_bools(list(value))
+    if isinstance(value, dict) or value is None:
         return value
-    return [value]
+    return _no_bools([value])
 
 
 def _int_axis(minimum: int, maximum: int):
@@ -196,7 +205,7 @@ def _empty():
 
 
 def _capacity_list(value: Any) -> Any:
-    return [value] if value is None or not isinstance(value, (list, tuple)) else value
+    return _no_bools([value] if value is None or not isinstance(value, (list, tuple)) else value)
 
 
 def _capacity_check(value: list[float | None]) -> tuple[float | None, ...]:

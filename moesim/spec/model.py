@@ -564,8 +564,10 @@ MAX_TOTAL_PARAMS = 1e15  # 1,000x the largest open-weight MoE
 def _check_limits(data: dict[str, Any], where: str) -> None:
     for key, value in data.items():
         limit = FIELD_LIMITS.get(FIELD_ALIASES.get(key, key))
-        if limit is None or isinstance(value, bool):
+        if limit is None:
             continue
+        if isinstance(value, bool):  # pydantic would read true as 1: a silent wrong number
+            raise MoesimError(f"{where}: invalid model: {key}={value!r} is a boolean, not a count")
         if isinstance(value, (int, float)) and value > limit:
             raise MoesimError(
                 f"{where}: invalid model: {key}={value!r:.30} exceeds the ceiling {limit:,}"

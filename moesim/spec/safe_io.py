@@ -208,7 +208,10 @@ def parse_yaml(text: str, display: str) -> Any:
     except YAMLError as exc:
         raise MoesimError(f"{display}: not valid YAML: {_first_line(exc)}") from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of 5,000 digits
-        raise MoesimError(f"{display}: a value cannot be read: {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        if "integer string conversion" in reason:
+            reason = "an integer has more than 4,300 digits"
+        raise MoesimError(f"{display}: a value cannot be read: {reason}") from None
     except RecursionError:
         raise MoesimError(f"{display}: nested too deeply") from None
 
@@ -314,7 +317,10 @@ def parse_json(text: str, display: str, *, top: type | tuple[type, ...] = dict) 
     except json.JSONDecodeError as exc:
         raise MoesimError(f"{display}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except (ValueError, OverflowError) as exc:
-        raise MoesimError(f"{display}: invalid JSON: {_first_line(exc)}") from None
+        reason = _first_line(exc)
+        if "integer string conversion" in reason:
+            reason = "an integer has more than 4,300 digits"
+        raise MoesimError(f"{display}: invalid JSON: {reason}") from None
     except RecursionError:
         raise MoesimError(f"{display}: nested too deeply") from None
     if not isinstance(data, top):

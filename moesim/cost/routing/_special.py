@@ -32,19 +32,25 @@ _MAX_TABLE_CELLS = 4_000_000  # pmf cells summed in numpy before SciPy is the fa
 
 def gammaln(x) -> np.ndarray:
     """ln Γ(x) for x > 0 (numpy array in, array out)."""
-    x = np.asarray(x, dtype=float)
-    y = x.copy()
-    shift = np.zeros_like(y)
-    small = y < _SHIFT_TO
-    while np.any(small):  # Γ(y) = Γ(y + 1) / y
-        shift[small] += np.log(y[small])
-        y[small] += 1.0
-        small = y < _SHIFT_TO
+    x0 = np.asarray(x, dtype=float)
+    x = np.atleast_1d(x0)
+    small = x < _SHIFT_TO
+    y = np.where(small, x + _SHIFT_TO, x)
+    shift = None
+    if np.any(small):  # Γ(x) = Γ(x + 10) / (x (x + 1) ... (x + 9)), each factor < 20
+        xs = x[small]
+        prod = xs.copy()
+        for i in range(1, int(_SHIFT_TO)):
+            prod *= xs + i
+        shift = np.log(prod)
     z = 1.0 / (y * y)
-    series = np.zeros_like(y)
-    for c in reversed(_STIRLING):
+    series = _STIRLING[-1] * z + _STIRLING[-2]
+    for c in reversed(_STIRLING[:-2]):
         series = series * z + c
-    return (y - 0.5) * np.log(y) - y + _HALF_LOG_2PI + series / y - shift
+    out = (y - 0.5) * np.log(y) - y + _HALF_LOG_2PI + series / y
+    if shift is not None:
+        out[small] -= shift
+    return out.reshape(x0.shape)
 
 
 def comb(n, k) -> np.ndarray:
@@ -58,59 +64,64 @@ def comb(n, k) -> np.ndarray:
 
 def bdtrc(k, n, p) -> np.ndarray:
     """P(X > k) for X ~ Binomial(n, p), k and n integers (SciPy's ``bdtrc`` convention)."""
-    k, n, p = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (k, n, p)))
-    shape = k.shape
-    k, n, p = k.ravel(), n.ravel(), p.ravel()
-    out = np.empty(k.size)
-    rows, inverse = np.unique(np.stack([n, p]), axis=1, return_inverse=True)
-    inverse = inverse.ravel()
-    mean = rows[0] * rows[1]
-    sd = np.sqrt(rows[0] * rows[1] * (1 - rows[1]))
+    k = np.asarray(k, dtype=float)
+    n_pair, p_pair = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(p, dtype=float))
+    shape = np.broadcast_shapes(k.shape, n_pair.shape)
+    # distinct (n, p) pairs, found on the pairs' own (un-broadcast) shape: a table per pair
+    rows, inverse = np.unique(n_pair.ravel() + 1j * p_pair.ravel(), return_inverse=True)
+    row_of = np.broadcast_to(inverse.reshape(n_pair.shape), shape).ravel()
+    kk = np.broadcast_to(k, shape).ravel()
+    nr, pr = rows.real, rows.imag
+    mean, sd = nr * pr, np.sqrt(nr * pr * (1 - pr))
     lo = np.maximum(np.floor(mean - _TAIL_SD * sd - 10), 0.0)
-    hi = np.minimum(np.ceil(mean + _TAIL_SD * sd + 10), rows[0])
+    hi = np.minimum(np.ceil(mean + _TAIL_SD * sd + 10), nr)
     width = (hi - lo + 1).astype(np.int64)
     if float(np.sum(width)) > _MAX_TABLE_CELLS:
         from scipy import special
 
-        return special.bdtrc(k, n.astype(np.int64), p).reshape(shape)
-    # One right-cumulative pmf table per distinct (n, p), in groups of similar width.
-    bucket = np.ceil(np.log2(np.maximum(width, 1))).astype(np.int64)
+        n_full = np.broadcast_to(n_pair, shape).astype(np.int64)
+        return special.bdtrc(np.broadcast_to(k, shape), n_full, np.broadcast_to(p_pair, shape))
+    out = np.empty(kk.size)
+    bucket = np.ceil(np.log2(np.maximum(width, 1))).astype(np.int64)  # similar widths together
+    local = np.zeros(rows.size, dtype=np.int64)
+    element_bucket = bucket[row_of]
     for b in np.unique(bucket):
         sel = np.flatnonzero(bucket == b)
-        W = 1 << int(b)
-        j = lo[sel, None] + np.arange(W)[None, :]  # [rows, W]
-        nr, pr = rows[0, sel, None], rows[1, sel, None]
-        inside = j <= hi[sel, None]
-        # ln pmf(j) − ln pmf(lo) = Σ_{i=lo}^{j−1} ln((n − i)/(i + 1)) + (j − lo)·logit p, then the
-        # window is normalised: its mass is 1 to < 1e-40, and ln Γ of large n never enters.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.log(np.maximum(nr - j, 1e-300)) - np.log(j + 1) + np.log(pr) - np.log1p(-pr)
-            log_rel = np.concatenate(
-                [np.zeros((sel.size, 1)), np.cumsum(step[:, :-1], axis=1)], axis=1
-            )
-        log_rel = np.where(inside & np.isfinite(log_rel), log_rel, -np.inf)
-        degenerate = (pr <= 0) | (pr >= 1)  # all the mass at 0 (p = 0) or at n (p = 1)
+        local[sel] = np.arange(sel.size)
+        sf_table = _sf_table(nr[sel], pr[sel], lo[sel], hi[sel], 1 << int(b))
+        idx = np.flatnonzero(element_bucket == b)
+        r = row_of[idx]
+        offset = kk[idx] - lo[r]
+        val = sf_table[local[r], np.clip(offset, 0, sf_table.shape[1] - 1).astype(np.int64)]
+        val = np.where(offset < 0, 1.0, val)  # k below the window: all the mass is above k
+        out[idx] = np.where(kk[idx] >= hi[r], 0.0, val)
+    nn = nr[row_of]
+    out[kk < 0] = 1.0
+    out[kk >= nn] = 0.0
+    return np.clip(out, 0.0, 1.0).reshape(shape)
+
+
+def _sf_table(n, p, lo, hi, W: int) -> np.ndarray:
+    """``[rows, W]``: P(X > lo + i) for X ~ Binomial(n, p), i = 0 .. W-1, per row."""
+    j = lo[:, None] + np.arange(W)[None, :]
+    nr, pr = n[:, None], p[:, None]
+    inside = j <= hi[:, None]
+    # ln pmf(j) − ln pmf(lo) = Σ_{i=lo}^{j−1} ln((n − i)/(i + 1)) + (j − lo)·logit p, then the
+    # window is normalised: its mass is 1 to < 1e-40, and ln Γ of large n never enters.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.log(np.maximum(nr - j, 1e-300)) - np.log(j + 1) + np.log(pr) - np.log1p(-pr)
+        log_rel = np.zeros_like(step)
+        np.cumsum(step[:, :-1], axis=1, out=log_rel[:, 1:])
+    log_rel = np.where(inside & np.isfinite(log_rel), log_rel, -np.inf)
+    degenerate = (pr <= 0) | (pr >= 1)  # all the mass at 0 (p = 0) or at n (p = 1)
+    if np.any(degenerate):
         point = np.where(pr <= 0, 0.0, nr)
         log_rel = np.where(degenerate, np.where(j == point, 0.0, -np.inf), log_rel)
-        peak = np.max(log_rel, axis=1, keepdims=True)
-        pmf = np.exp(log_rel - peak)
-        pmf /= pmf.sum(axis=1, keepdims=True)
-        # sf_table[:, i] = P(X > lo + i) = Σ_{m > i} pmf[:, m]
-        sf_table = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]
-        sf_table = np.concatenate([sf_table[:, 1:], np.zeros((sel.size, 1))], axis=1)
-        mine = np.isin(inverse, sel)
-        idx = np.flatnonzero(mine)
-        r_local = np.searchsorted(sel, inverse[idx])
-        offset = k[idx] - lo[inverse[idx]]
-        col = np.clip(offset, 0, W - 1).astype(np.int64)
-        val = sf_table[r_local, col]
-        val = np.where(offset < 0, 1.0, val)  # k below the window: all the mass is above k
-        val = np.where(k[idx] >= hi[inverse[idx]], 0.0, val)
-        out[idx] = np.clip(val, 0.0, 1.0)
-    invalid = (k < 0) | (k >= n) | ~np.isfinite(p)
-    out[invalid & (k < 0)] = 1.0
-    out[invalid & (k >= n)] = 0.0
-    return out.reshape(shape)
+    pmf = np.exp(log_rel - np.max(log_rel, axis=1, keepdims=True))
+    pmf /= pmf.sum(axis=1, keepdims=True)
+    # P(X > lo + i) = Σ_{m > i} pmf[:, m]: a reversed cumulative sum, shifted by one
+    tail = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]
+    return np.concatenate([tail[:, 1:], np.zeros((n.size, 1))], axis=1)
 
 
 def gammaincc(a, x):
