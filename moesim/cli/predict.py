@@ -168,6 +168,11 @@ def predict_cmd(
     if disaggregate is not None and len(disaggregate) > 1000:
         raise MoesimError("--disaggregate: a spec is at most 1,000 characters")
     from moesim.api import build_layout, run_prediction
+    from moesim.spec import resolve
+    from moesim.spec.limits import check_memory_scale
+
+    tokens = batch * ((input_len if context_len is None else context_len) + output_len)
+    check_memory_scale(resolve(model, hardware)[0], tokens)
 
     layout, notes = build_layout(
         model,

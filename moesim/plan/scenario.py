@@ -44,6 +44,7 @@ from moesim.spec.limits import (
     MAX_AXIS_VALUES,
     MAX_CAPACITY_FACTOR,
     MAX_TOKENS_IN_FLIGHT,
+    check_memory_scale,
 )
 
 CHARTS = (
@@ -643,7 +644,7 @@ def _submodel(annotation) -> type[BaseModel] | None:
 
 def _resolve(scenario: Scenario, text: str, path: Path | None, source: _Source) -> LoadedScenario:
     from moesim.spec.hardware import list_hardware, load_hardware
-    from moesim.spec.model import ModelSpec, list_models, load_model
+    from moesim.spec.model import ModelSpec, check_limits, list_models, load_model
 
     base = path.parent if path else Path.cwd()
     models, labels = [], []
@@ -652,6 +653,7 @@ def _resolve(scenario: Scenario, text: str, path: Path | None, source: _Source) 
             if entry.spec is not None:
                 spec = dict(entry.spec)
                 spec.setdefault("name", entry.label or f"inline-{i}")
+                check_limits(spec, "inline spec")  # the ceilings config.json files get
                 m = ModelSpec.model_validate(spec)
             else:
                 target = entry.name
@@ -857,9 +859,14 @@ def build_plan(loaded: LoadedScenario) -> Plan:
             if tokens > MAX_TOKENS_IN_FLIGHT:
                 raise _PlanError(
                     ["workloads", wi, "batch"],
-                    f"batch x (input_len + output_len) reaches {tokens:.3g} tokens in flight; "
-                    f"the limit is {MAX_TOKENS_IN_FLIGHT:.0e}",
+                    f"batch x (input_len + output_len) reaches {tokens:,.0f} tokens in flight; "
+                    f"the limit is {MAX_TOKENS_IN_FLIGHT:,}",
                 )
+            for model in loaded.models:
+                try:
+                    check_memory_scale(model, tokens)
+                except MoesimError as exc:
+                    raise _PlanError(["workloads", wi, "batch"], str(exc)) from None
             blocks.append(Block(li, wi, axes, dims, shape, size, offset, lay.ep_spans_stage))
             offset += size
     return Plan(loaded, blocks, categories)

@@ -101,8 +101,26 @@ def check_tokens_in_flight(batch: Any, input_len: Any, output_len: Any) -> None:
     tokens = float(np.max(batch)) * (float(np.max(input_len)) + float(np.max(output_len)))
     if tokens > MAX_TOKENS_IN_FLIGHT:
         raise MoesimError(
-            f"batch x (input_len + output_len) = {tokens:.3g} tokens in flight; the limit is "
-            f"{MAX_TOKENS_IN_FLIGHT:.0e} (lower batch or the lengths)"
+            f"batch x (input_len + output_len) = {tokens:,.0f} tokens in flight; the limit is "
+            f"{MAX_TOKENS_IN_FLIGHT:,} (lower batch or the lengths)"
+        )
+
+
+# Bytes one GPU may be asked to hold: far beyond any memory (1e17 B = 100 PB), and below where
+# the engine's reason text (need and weights in 0.1 GB units packed in one int64) would wrap.
+MAX_BYTES_PER_GPU = 1e17
+
+
+def check_memory_scale(model: Any, tokens_in_flight: float, where: str = "") -> None:
+    """KV cache of ``tokens_in_flight`` tokens (fp32, the widest dtype) and the weights within
+    :data:`MAX_BYTES_PER_GPU`, even on one GPU: a bigger request is a typo, not a deployment."""
+    kv = float(model.kv_cache_bytes_per_token(4.0)) * float(tokens_in_flight)
+    weights = float(model.total_params) * 4.0
+    if max(kv, weights) > MAX_BYTES_PER_GPU:
+        what = "KV cache" if kv >= weights else "weights"
+        raise MoesimError(
+            f"{where}{model.name}: {what} of {max(kv, weights):.3g} bytes; the limit is "
+            f"{MAX_BYTES_PER_GPU:.0e} (lower batch, the lengths or the model size)"
         )
 
 

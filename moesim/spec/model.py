@@ -561,7 +561,8 @@ FIELD_LIMITS: dict[str, int] = {
 MAX_TOTAL_PARAMS = 1e15  # 1,000x the largest open-weight MoE
 
 
-def _check_limits(data: dict[str, Any], where: str) -> None:
+def check_limits(data: dict[str, Any], where: str) -> None:
+    """Refuse counts beyond :data:`FIELD_LIMITS` and booleans given as counts (MoesimError)."""
     for key, value in data.items():
         limit = FIELD_LIMITS.get(FIELD_ALIASES.get(key, key))
         if limit is None:
@@ -575,7 +576,7 @@ def _check_limits(data: dict[str, Any], where: str) -> None:
 
 
 def _validate(data: dict[str, Any], where: str) -> ModelSpec:
-    _check_limits(data, where)
+    check_limits(data, where)
     try:
         spec = ModelSpec.model_validate(data)
         if spec.total_params > MAX_TOTAL_PARAMS:

@@ -292,7 +292,7 @@ def _rectangular(rows: list, path: Path, where) -> np.ndarray:
 def _validate_counts(arr: np.ndarray, source: str, num_experts: int | None = None) -> np.ndarray:
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise MoesimError(f"routing histogram {source}: expected counts [E] or [layers, E]")
-    if not np.all(np.isfinite(arr)):
+    if not np.all(np.isfinite(arr)) or not np.all(np.isfinite(np.atleast_2d(arr).sum(axis=-1))):
         raise MoesimError(f"routing histogram {source}: counts must be finite numbers")
     if num_experts is not None and arr.shape[-1] != int(num_experts):
         raise MoesimError(
