@@ -172,7 +172,8 @@ def predict_cmd(
     from moesim.spec.limits import check_memory_scale
 
     tokens = batch * ((input_len if context_len is None else context_len) + output_len)
-    check_memory_scale(resolve(model, hardware)[0], tokens)
+    model, hardware = resolve(model, hardware)  # loaded once, passed on as objects
+    check_memory_scale(model, tokens)
 
     layout, notes = build_layout(
         model,

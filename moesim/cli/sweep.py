@@ -22,7 +22,7 @@ def sweep_cmd(
     path: Path = typer.Argument(..., help="Scenario YAML file (see: moesim scenario schema)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     workers: int = typer.Option(
-        1, "--workers", "-w", min=1, max=1024, help="Local processes that share the chunks."
+        1, "--workers", "-w", min=1, max=256, help="Local processes that share the chunks."
     ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Dask scheduler address, or 'local' for a LocalCluster."

@@ -347,6 +347,8 @@ def run_plan(
     if scheduler:
         parts = _run_dask(plan, chunks, scheduler, workers, progress)
     elif workers > 1 and len(chunks) > 1:
+        # no more processes than chunks, nor than a few per core: each one imports the package
+        workers = min(workers, len(chunks), 4 * (os.cpu_count() or 1))
         parts = _run_pool(plan, chunks, workers, progress)
     else:
         parts = []

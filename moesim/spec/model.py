@@ -612,7 +612,8 @@ def list_models() -> list[str]:
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
     from moesim.spec.safe_io import load_yaml_text
 
-    doc, _ = load_yaml_text(text, where, what="model preset")  # limits, tags, duplicate keys
+    # limits, tags, duplicate keys; plain data (model errors name fields, not lines)
+    doc, _ = load_yaml_text(text, where, what="model preset", round_trip=False)
     return doc
 
 
