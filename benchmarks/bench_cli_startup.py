@@ -58,11 +58,18 @@ def main() -> None:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     bare = [sys.executable, "-c", "pass"]
+    # the libraries a table-printing predict cannot do without, imported and nothing else
+    deps = [
+        sys.executable,
+        "-c",
+        "import numpy, pydantic, typer, typer._adapters, rich.table, ruamel.yaml",
+    ]
     predict = [sys.executable, "-m", "moesim", *PREDICT]
     _wall(predict, env)  # warm the OS file cache, not Python: each run is a new interpreter
-    t_bare, t_predict = [], []
+    t_bare, t_deps, t_predict = [], [], []
     for _ in range(args.runs):
         t_bare.append(_wall(bare, env))
+        t_deps.append(_wall(deps, env))
         t_predict.append(_wall(predict, env))
     result = {
         "command": "moesim " + " ".join(PREDICT),
@@ -70,6 +77,8 @@ def main() -> None:
         "python_c_pass_median_s": round(statistics.median(t_bare), 4),
         "predict_median_s": round(statistics.median(t_predict), 4),
         "predict_min_s": round(min(t_predict), 4),
+        "dependencies_import_median_s": round(statistics.median(t_deps), 4),
+        "moesim_own_median_s": round(statistics.median(t_predict) - statistics.median(t_deps), 4),
         "ratio_predict_over_python": round(
             statistics.median(t_predict) / statistics.median(t_bare), 2
         ),
