@@ -195,3 +195,34 @@ def test_feasible_rows_never_carry_impossible_numbers(tmp_path, monkeypatch):
     assert not (df["feasible"] & ~np.isfinite(df["tpot_s"])).any()
     flagged = df[~np.isfinite(df["tpot_s"])]
     assert len(flagged) and (flagged["reason"].astype(str) != "").all()
+
+
+def test_legitimate_aliases_and_merge_keys_sweep_like_the_expanded_file(tmp_path):
+    aliased = """\
+name: aliased
+models: [llama-3.1-8b]
+hardware: [h100-sxm]
+layouts:
+  - &small {tp: [1, 2], pp: 1}
+  - <<: *small
+    label: deep
+    pp: 2
+workloads:
+  - &w {batch: &b [1, 16], input_len: 512, output_len: 64}
+  - {batch: *b, input_len: 2048, output_len: 64}
+"""
+    expanded = """\
+name: aliased
+models: [llama-3.1-8b]
+hardware: [h100-sxm]
+layouts:
+  - {tp: [1, 2], pp: 1}
+  - {tp: [1, 2], pp: 2, label: deep}
+workloads:
+  - {batch: [1, 16], input_len: 512, output_len: 64}
+  - {batch: [1, 16], input_len: 2048, output_len: 64}
+"""
+    a = run_plan(build_plan(load_scenario(_write(tmp_path, aliased, "a.yaml"))))
+    b = run_plan(build_plan(load_scenario(_write(tmp_path, expanded, "b.yaml"))))
+    assert len(a) == 16
+    pd.testing.assert_frame_equal(a, b)

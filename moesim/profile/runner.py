@@ -56,41 +56,46 @@ def _json_dump(path: Path, obj: Any) -> None:
 
 
 # --- child processes -----------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to send the child SIGTERM when its parent dies, even by SIGKILL
-    (prctl(2) PR_SET_PDEATHSIG); torchrun answers SIGTERM by stopping its ranks."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except Exception:
-        pass
+# Run first in the child, then exec'd away: asks the kernel to send the child SIGTERM when its
+# parent dies, even by SIGKILL (prctl(2) PR_SET_PDEATHSIG = 1; the setting survives execve), and
+# exits if the parent is already gone. A launcher rather than Popen's preexec_fn, which is not
+# safe in a process that runs threads (the progress bar does).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != parent:\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def run_child(cmd: list[str], *, env: dict[str, str], timeout: float):
     """Run a worker command (torchrun) that cannot outlive this process.
 
-    The child gets the parent-death signal (Linux) and its own process group; on a timeout, an
-    error or Ctrl-C here the whole group is terminated, then killed. Returns a
+    On Linux the command is started through a small launcher that sets the parent-death
+    signal (SIGTERM; torchrun answers it by stopping its ranks); the child gets its own process
+    group, which is terminated, then killed, on a timeout, an error or Ctrl-C here. Returns a
     ``subprocess.CompletedProcess`` with text stdout/stderr.
     """
+    import os
     import signal
     import subprocess
 
-    linux = sys.platform.startswith("linux")
+    if sys.platform.startswith("linux"):
+        cmd_run = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    else:
+        cmd_run = list(cmd)
     proc = subprocess.Popen(
-        cmd,
+        cmd_run,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_die_with_parent if linux else None,  # noqa: PLW1509 - no threads started here
     )
     try:
         out, err = proc.communicate(timeout=timeout)
