@@ -116,10 +116,11 @@ def run(argv: list[str] | None = None) -> int:
         rc = app(args=argv, prog_name="moesim", standalone_mode=False)
         return rc if isinstance(rc, int) else 0  # typer.Exit(code) comes back as a value
     except BaseException as exc:  # noqa: BLE001 - the one place that turns failures into lines
-        return _report(exc)
+        return report_failure(exc)
 
 
-def _report(exc: BaseException) -> int:
+def report_failure(exc: BaseException) -> int:
+    """The exit status for ``exc``, after printing its one ``error:`` line on stderr."""
     from moesim.errors import MoesimError
 
     if isinstance(exc, SystemExit):

@@ -25,9 +25,9 @@ def main() -> None:
         typer.secho("interrupted: rerun with --resume to continue", fg="yellow", err=True)
         sys.exit(130)
     except Exception as exc:  # usage errors and anything else: one line, as `moesim` does
-        from moesim.cli import _report
+        from moesim.cli import report_failure
 
-        sys.exit(_report(exc))
+        sys.exit(report_failure(exc))
 
 
 if __name__ == "__main__":
