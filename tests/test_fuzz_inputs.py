@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import moesim.cli._report  # noqa: F401 - loaded as after a printed table; must not change errors
 from moesim.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from moesim.spec.limits import (
 ORDER = 35
 MAX_DIM = 1 << 24  # GEMM and layer dimensions
 MAX_LAYER_TOKENS = 1 << 32
-MAX_EXPERTS = 1 << 16
-MAX_TOP_K = 1 << 12
+MAX_EXPERTS = 1 << 12  # 10x the most experts of any MoE built (384)
+MAX_TOP_K = 1 << 8
 
 kernel_app = typer.Typer(
     help="Predict single kernels: a GEMM, or one MoE layer's expert compute.", no_args_is_help=True

@@ -7,7 +7,7 @@ import typer
 ORDER = 40
 MAX_TOKEN_VALUES = 1000
 MAX_ROUTED_TOKENS = float(1 << 32)
-MAX_EXPERTS = 1 << 16
+MAX_EXPERTS = 1 << 12  # 10x the most experts of any MoE built (384)
 MAX_MC_SAMPLES = 1_000_000
 MAX_MC_DRAWS = 2e7  # samples x tokens: a few seconds of sampling
 
