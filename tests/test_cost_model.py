@@ -213,7 +213,9 @@ def test_fp8_weights_halve_weight_bytes_and_fall_back_on_a100():
     tables_bf16 = 2 * m.vocab_size * m.hidden_size * 2
     norms_bf16 = m.num_hidden_layers * 2 * m.hidden_size * 2
     half_rest = (bf["weights_bytes_per_gpu"] - tables_bf16 - norms_bf16) / 2
-    assert f8["weights_bytes_per_gpu"] == pytest.approx(half_rest + tables_bf16 + norms_bf16, rel=1e-9)
+    assert f8["weights_bytes_per_gpu"] == pytest.approx(
+        half_rest + tables_bf16 + norms_bf16, rel=1e-9
+    )
     assert f8["tpot_s"] < bf["tpot_s"]
     a100 = load_hardware("a100-sxm-80gb")
     r = serving.predict(m, a100, Layout(weight_dtype="fp8"), batch=4, input_len=512, output_len=128)

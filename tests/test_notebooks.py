@@ -38,7 +38,7 @@ def _outputs(nb: dict) -> list[dict]:
     return [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
 
 
-@pytest.mark.slow
+# Not marked slow: the default test run executes every notebook (they are part of the product).
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, tmp_path):
     nb = _execute(name, tmp_path / name.replace(".py", ".ipynb"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -205,18 +204,6 @@ def test_sorted_zipf_is_the_adversarial_placement():
     a = float(routing_stats(4096, 2, 64, 8, zipf(1.2)).max_load_ratio)
     b = float(routing_stats(4096, 2, 64, 8, zipf(1.2, sorted=True)).max_load_ratio)
     assert b > a
-
-
-def test_uniform_speed_over_a_million_pairs():
-    rng = np.random.default_rng(0)
-    T = rng.integers(1, 65536, 10**6)
-    G = rng.choice([1, 2, 8, 32, 64, 256], 10**6)
-    routing_stats(T, 8, 256, G)  # builds the tables
-    start = time.perf_counter()
-    routing_stats(T, 8, 256, G)
-    elapsed = time.perf_counter() - start
-    print(f"\nuniform routing_stats over 1e6 (T, G) pairs: {elapsed:.3f} s")
-    assert elapsed < 1.5  # typically ~0.4 s; generous for loaded CI machines
 
 
 def test_shared_expert_tokens_is_every_token():

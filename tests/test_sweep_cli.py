@@ -79,5 +79,5 @@ def test_piped_output_has_no_progress_bar_and_json_stays_json(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "━" not in p.stderr and "ETA" not in p.stderr
     assert "cheapest feasible point" in p.stdout
-    j = subprocess.run(args + ["--json"], capture_output=True, text=True, cwd=ROOT)
+    j = subprocess.run(args + ["--json", "--overwrite"], capture_output=True, text=True, cwd=ROOT)
     assert json.loads(j.stdout)["points"] == 64

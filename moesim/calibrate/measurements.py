@@ -72,9 +72,25 @@ def read_measurements(directory: str | Path, include_layers: bool = False) -> pd
     return df
 
 
+# A full profile run writes a few thousand rows per class; the bounds refuse a wrong or hostile
+# file before pandas parses it and the fit spends minutes on it.
+MAX_ROWS_PER_CSV = 200_000
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
+    import io
+
+    from moesim.spec.safe_io import MAX_CSV_BYTES, decode_text, read_bytes
+
+    data = read_bytes(path, what="measurement CSV", max_bytes=MAX_CSV_BYTES)
+    rows = data.count(b"\n")
+    if rows > MAX_ROWS_PER_CSV + 1:
+        raise MoesimError(
+            f"{path}: {rows:,} lines; a measurement CSV holds at most {MAX_ROWS_PER_CSV:,} rows"
+        )
+    text = decode_text(data, str(path))
     try:
-        df = pd.read_csv(path, low_memory=False)
+        df = pd.read_csv(io.StringIO(text), low_memory=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=list(REQUIRED_COLUMNS))
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -5,14 +5,32 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
-# Piped output (files, CI logs) gets 100 columns: tables are laid out to fit that width.
-console = Console(width=None if sys.stdout.isatty() else 100)
+if TYPE_CHECKING:
+    from rich.table import Table
+
+_CONSOLE = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``console`` is built on first use: rich costs ~50 ms to import, and --json output,
+    # errors and most tests never print a table.
+    if name == "console":
+        return get_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_console():
+    """The shared rich console (piped output (files, CI logs) gets 100 columns: tables are laid out to fit that width)."""
+    global _CONSOLE
+    if _CONSOLE is None:
+        from rich.console import Console
+
+        _CONSOLE = Console(width=None if sys.stdout.isatty() else 100)
+    return _CONSOLE
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -39,6 +57,8 @@ def print_json(obj: Any) -> None:
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     """A two-column table of name/value pairs."""
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("field", style="cyan")
     table.add_column("value", justify="right")

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from moesim.spec.limits import (
+    MAX_BLOCK_M,
+    MAX_CAPACITY_FACTOR,
+    MAX_PARALLEL,
+    check_real,
+)
+
 ORDER = 35
+MAX_DIM = 1 << 24  # GEMM and layer dimensions
+MAX_LAYER_TOKENS = 1 << 32
+MAX_EXPERTS = 1 << 12  # 10x the most experts of any MoE built (384)
+MAX_TOP_K = 1 << 8
 
 kernel_app = typer.Typer(
     help="Predict single kernels: a GEMM, or one MoE layer's expert compute.", no_args_is_help=True
@@ -34,9 +45,9 @@ def _emit(res: dict, as_json: bool, title: str) -> None:
 
 @kernel_app.command("gemm", help="[M, K] x [K, N] GEMM time on a hardware profile.")
 def gemm(
-    m: int = typer.Option(..., "--m", min=1, help="Rows (tokens)."),
-    n: int = typer.Option(..., "--n", min=1, help="Output columns."),
-    k: int = typer.Option(..., "--k", min=1, help="Reduction dimension."),
+    m: int = typer.Option(..., "--m", min=1, max=MAX_DIM, help="Rows (tokens)."),
+    n: int = typer.Option(..., "--n", min=1, max=MAX_DIM, help="Output columns."),
+    k: int = typer.Option(..., "--k", min=1, max=MAX_DIM, help="Reduction dimension."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16, fp8, fp32."),
     hardware: str = typer.Option(
         ..., "--hardware", "-H", help="Hardware profile name or YAML path."
@@ -66,20 +77,20 @@ def gemm(
 )
 def moe(
     tokens: int = typer.Option(
-        ..., "--tokens", min=0, help="Tokens entering the layer (whole EP group)."
+        ..., "--tokens", min=0, max=MAX_LAYER_TOKENS, help="Tokens entering the layer (EP group)."
     ),
-    experts: int = typer.Option(..., "--experts", min=1, help="Routed experts E."),
-    top_k: int = typer.Option(..., "--top-k", min=1, help="Experts per token k."),
-    hidden: int = typer.Option(..., "--hidden", min=1, help="Hidden size h."),
+    experts: int = typer.Option(..., "--experts", min=1, max=MAX_EXPERTS, help="Routed experts E."),
+    top_k: int = typer.Option(..., "--top-k", min=1, max=MAX_TOP_K, help="Experts per token k."),
+    hidden: int = typer.Option(..., "--hidden", min=1, max=MAX_DIM, help="Hidden size h."),
     intermediate: int = typer.Option(
-        ..., "--intermediate", min=1, help="Expert intermediate size I."
+        ..., "--intermediate", min=1, max=MAX_DIM, help="Expert intermediate size I."
     ),
     dtype: str = typer.Option("bf16", "--dtype", help="Weight / compute dtype."),
     hardware: str = typer.Option(
         ..., "--hardware", "-H", help="Hardware profile name or YAML path."
     ),
     ep: int = typer.Option(
-        1, "--ep", min=1, help="Expert-parallel GPUs the experts are spread over."
+        1, "--ep", min=1, max=MAX_PARALLEL, help="Expert-parallel GPUs the experts spread over."
     ),
     routing: str = typer.Option(
         "uniform", "--routing", help="uniform | zipf:S | dirichlet:A | hist:PATH"
@@ -88,7 +99,7 @@ def moe(
         None, "--capacity-factor", min=0.0, help="Capacity factor C."
     ),
     block_m: int = typer.Option(
-        64, "--block-m", min=1, help="Block M that each expert's tokens pad to."
+        64, "--block-m", min=1, max=MAX_BLOCK_M, help="Block M that each expert's tokens pad to."
     ),
     plain: bool = typer.Option(False, "--plain", help="Non-gated FFN (2 matrices instead of 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -100,6 +111,8 @@ def moe(
 
     if top_k > experts:
         raise MoesimError(f"--top-k {top_k} exceeds --experts {experts}")
+    if capacity_factor is not None:
+        check_real("--capacity-factor", capacity_factor, 0, MAX_CAPACITY_FACTOR, lo_open=True)
     hw = load_hardware(hardware)
     res = moe_cost(
         hw,

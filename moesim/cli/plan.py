@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from moesim.errors import MoesimError
+from moesim.spec.limits import MAX_TOKENS
+
 ORDER = 50
+MAX_PLAN_GPUS = 4096  # the planner enumerates layouts up to this fleet size
 
 from moesim.cli.predict import (  # noqa: E402 (shared option texts)
     DTYPE_HELP,
@@ -40,12 +44,14 @@ def plan_cmd(
         ..., "--tpot-slo", min=0.0, help="Time-per-output-token SLO, seconds."
     ),
     rate: float = typer.Option(..., "--rate", min=0.0, help="Arrival rate to serve, requests/s."),
-    input_len: int = typer.Option(1024, "--input-len", min=1, help="Prompt tokens per request."),
+    input_len: int = typer.Option(
+        1024, "--input-len", min=1, max=MAX_TOKENS, help="Prompt tokens per request."
+    ),
     output_len: int = typer.Option(
-        256, "--output-len", min=1, help="Generated tokens per request."
+        256, "--output-len", min=1, max=MAX_TOKENS, help="Generated tokens per request."
     ),
     max_gpus: int = typer.Option(
-        64, "--max-gpus", min=1, help="Most GPUs the whole fleet may use."
+        64, "--max-gpus", min=1, max=MAX_PLAN_GPUS, help="Most GPUs the whole fleet may use."
     ),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help=KV_DTYPE_HELP),
@@ -57,7 +63,9 @@ def plan_cmd(
         "--mode",
         help="Ways to serve to consider (repeat).",
     ),
-    top: int = typer.Option(5, "--top", min=1, help="How many of the cheapest plans to list."),
+    top: int = typer.Option(
+        5, "--top", min=1, max=1000, help="How many of the cheapest plans to list."
+    ),
     engine: str | None = typer.Option(
         None,
         "--engine",
@@ -82,8 +90,18 @@ def plan_cmd(
     pick: int = typer.Option(1, "--pick", min=1, help="With --emit: the Nth cheapest plan."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
+    from moesim.spec.limits import MAX_RATE_PER_S, check_real
+
+    check_real("--ttft-slo", ttft_slo, 0, 1e6, lo_open=True, unit="s")
+    check_real("--tpot-slo", tpot_slo, 0, 1e6, lo_open=True, unit="s")
+    check_real("--rate", rate, 0, MAX_RATE_PER_S, unit="requests/s")
+    if len(hardware) > 64 or len(mode) > 16:
+        raise MoesimError("at most 64 --hardware and 16 --mode options")
+    if chart:
+        from moesim.outdir import check_out_file
+
+        check_out_file(chart + ".html", what="--chart")
     from moesim.api import routing_options
-    from moesim.errors import MoesimError
     from moesim.plan.emit import ENGINES
     from moesim.plan.planner import plan
     from moesim.spec import resolve

@@ -6,6 +6,18 @@ from enum import StrEnum
 
 import typer
 
+from moesim.errors import MoesimError
+from moesim.spec.limits import (
+    MAX_BATCH,
+    MAX_BLOCK_M,
+    MAX_GPUS,
+    MAX_GPUS_PER_NODE,
+    MAX_PARALLEL,
+    MAX_REDUNDANT_EXPERTS,
+    MAX_REPLICAS,
+    MAX_TOKENS,
+)
+
 ORDER = 30
 
 
@@ -80,16 +92,20 @@ def predict_cmd(
         "--batch",
         "-b",
         min=1,
+        max=MAX_BATCH,
         help="Static batch: sequences prefilled together, then decoded (across the layout).",
     ),
-    input_len: int = typer.Option(1024, "--input-len", min=1, help="Prompt tokens per request."),
+    input_len: int = typer.Option(
+        1024, "--input-len", min=1, max=MAX_TOKENS, help="Prompt tokens per request."
+    ),
     output_len: int = typer.Option(
-        256, "--output-len", min=1, help="Generated tokens per request."
+        256, "--output-len", min=1, max=MAX_TOKENS, help="Generated tokens per request."
     ),
     context_len: int | None = typer.Option(
         None,
         "--context-len",
         min=1,
+        max=MAX_TOKENS,
         help="Decode phase: tokens of context per sequence (default input+output/2).",
     ),
     phase: Phase = typer.Option(
@@ -98,24 +114,35 @@ def predict_cmd(
         help="both: a static batch end to end; decode / prefill: one pool's steady state.",
     ),
     tp: int = typer.Option(
-        1, "--tp", min=1, help="Tensor parallel size (attention; and experts unless --ep)."
+        1,
+        "--tp",
+        min=1,
+        max=MAX_PARALLEL,
+        help="Tensor parallel size (attention; experts unless --ep).",
     ),
-    ep: int = typer.Option(1, "--ep", min=1, help="Expert parallel size (divides tp*dp)."),
-    pp: int = typer.Option(1, "--pp", min=1, help="Pipeline stages."),
+    ep: int = typer.Option(
+        1, "--ep", min=1, max=MAX_PARALLEL, help="Expert parallel size (divides tp*dp)."
+    ),
+    pp: int = typer.Option(1, "--pp", min=1, max=MAX_PARALLEL, help="Pipeline stages."),
     dp: int = typer.Option(
-        1, "--dp", min=1, help="Attention data-parallel groups per stage (DP attention)."
+        1, "--dp", min=1, max=MAX_PARALLEL, help="Attention data-parallel groups per stage."
     ),
     replicas: int = typer.Option(
-        1, "--replicas", min=1, help="Independent copies of the whole layout."
+        1, "--replicas", min=1, max=MAX_REPLICAS, help="Independent copies of the whole layout."
     ),
     nodes: int | None = typer.Option(
         None,
         "--nodes",
         min=1,
+        max=MAX_GPUS,
         help="Nodes; with --gpus-per-node, unset --dp fills them with DP attention.",
     ),
     gpus_per_node: int | None = typer.Option(
-        None, "--gpus-per-node", min=1, help="GPUs per node (default: the profile's)."
+        None,
+        "--gpus-per-node",
+        min=1,
+        max=MAX_GPUS_PER_NODE,
+        help="GPUs per node (default: the profile's).",
     ),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     kv_dtype: str | None = typer.Option(None, "--kv-dtype", help=KV_DTYPE_HELP),
@@ -138,10 +165,11 @@ def predict_cmd(
         0,
         "--redundant-experts",
         min=0,
+        max=MAX_REDUNDANT_EXPERTS,
         help="Extra expert replicas (EPLB) spread over the EP group.",
     ),
     block_m: int = typer.Option(
-        64, "--block-m", min=1, help="Grouped-GEMM block M that expert tokens pad to."
+        64, "--block-m", min=1, max=MAX_BLOCK_M, help="Grouped-GEMM block M tokens pad to."
     ),
     offload: float = typer.Option(
         0.0,
@@ -274,7 +302,26 @@ def predict_cmd(
     breakdown: bool = typer.Option(False, "--breakdown", help="Show the per-operator breakdown."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from moesim.api import build_layout, resolve, run_prediction
+    from moesim.spec.limits import MAX_CAPACITY_FACTOR, MAX_RATE_PER_S, check_real
+    from moesim.spec.limits import check_tokens_in_flight as _check_tokens
+
+    if capacity_factor is not None:
+        check_real("--capacity-factor", capacity_factor, 0, MAX_CAPACITY_FACTOR, lo_open=True)
+    if rate is not None:
+        check_real("--rate", rate, 0, MAX_RATE_PER_S, unit="requests/s")
+    check_real("--offload", offload, 0, 1)
+    check_real("--prefix-cache-hit-rate", prefix_cache_hit_rate, 0, 1)
+    in_flight = batch if batch is not None else (concurrency or 1)  # requests holding KV at once
+    _check_tokens(in_flight, input_len if context_len is None else context_len, output_len)
+    if disaggregate is not None and len(disaggregate) > 1000:
+        raise MoesimError("--disaggregate: a spec is at most 1,000 characters")
+    from moesim.api import build_layout, run_prediction
+    from moesim.spec import resolve
+    from moesim.spec.limits import check_memory_scale
+
+    tokens = in_flight * ((input_len if context_len is None else context_len) + output_len)
+    model, hardware = resolve(model, hardware)  # loaded once, passed on as objects
+    check_memory_scale(model, tokens)
 
     hardware = with_price(hardware, price_usd_per_hour)
     layout, notes = build_layout(
@@ -340,6 +387,8 @@ def predict_cmd(
     from moesim.cli._report import print_prediction
 
     feasible = bool(result.get("feasible", True))
+    if feasible:
+        _refuse_impossible_numbers(result)
     if as_json:
         print_json(result)
     elif feasible:
@@ -347,3 +396,23 @@ def predict_cmd(
     if not feasible:
         typer.secho(f"error: infeasible layout: {result.get('reason')}", fg="red", err=True)
         raise typer.Exit(2)
+
+
+def _refuse_impossible_numbers(result: dict, where: str = "") -> None:
+    """A feasible prediction holding an infinite, NaN or negative number is not printed: the
+    inputs took the model outside the range it stands behind (never a silent wrong number)."""
+    import math
+
+    from moesim.errors import MoesimError
+
+    for key, value in result.items():
+        if key in ("breakdown", "notes", "layout"):
+            continue
+        if isinstance(value, dict):
+            _refuse_impossible_numbers(value, f"{where}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise MoesimError(
+                    f"the model gives {where}{key} = {value} for these inputs, which no real "
+                    "deployment has; refusing to report it (are the inputs in range?)"
+                )

@@ -5,6 +5,11 @@ from __future__ import annotations
 import typer
 
 ORDER = 40
+MAX_TOKEN_VALUES = 1000
+MAX_ROUTED_TOKENS = float(1 << 32)
+MAX_EXPERTS = 1 << 12  # 10x the most experts of any MoE built (384)
+MAX_MC_SAMPLES = 1_000_000
+MAX_MC_DRAWS = 2e7  # samples x tokens: a few seconds of sampling
 
 
 def _model_experts(name: str) -> tuple[int, int]:
@@ -64,6 +69,14 @@ def register(app: typer.Typer) -> None:
         from moesim.cost.routing import monte_carlo_stats, parse_routing, routing_stats
         from moesim.cost.routing.stats import STAT_NAMES
         from moesim.errors import MoesimError
+        from moesim.spec.limits import (
+            MAX_BLOCK_M,
+            MAX_CAPACITY_FACTOR,
+            MAX_PARALLEL,
+            MAX_REDUNDANT_EXPERTS,
+            check_int,
+            check_real,
+        )
 
         try:
             token_list = [float(t) for t in tokens.split(",") if t.strip()]
@@ -73,6 +86,31 @@ def register(app: typer.Typer) -> None:
             ) from None
         if not token_list:
             raise MoesimError("--tokens needs at least one value")
+        if len(token_list) > MAX_TOKEN_VALUES:
+            raise MoesimError(f"--tokens takes at most {MAX_TOKEN_VALUES} values")
+        for t in token_list:
+            check_real("--tokens", t, 0, MAX_ROUTED_TOKENS)
+        for name, value, hi in (
+            ("--experts", experts, MAX_EXPERTS),
+            ("--top-k", top_k, MAX_EXPERTS),
+            ("--ep", ep, MAX_PARALLEL),
+            ("--block-m", block_m, MAX_BLOCK_M),
+        ):
+            if value is not None:
+                check_int(name, value, 1, hi)
+        check_int("--redundant-experts", redundant_experts, 0, MAX_REDUNDANT_EXPERTS)
+        check_int("--monte-carlo", monte_carlo, 0, MAX_MC_SAMPLES)
+        if capacity_factor is not None:
+            check_real("--capacity-factor", capacity_factor, 0, MAX_CAPACITY_FACTOR, lo_open=True)
+        if monte_carlo and monte_carlo * max(token_list) > MAX_MC_DRAWS:
+            raise MoesimError(
+                f"--monte-carlo {monte_carlo} x {max(token_list):g} tokens is more than "
+                f"{MAX_MC_DRAWS:.0e} routing draws; use fewer samples or tokens"
+            )
+        if chart:
+            from moesim.outdir import check_out_file
+
+            check_out_file(chart + ".html", what="--chart")
         if model:
             E_m, k_m = _model_experts(model)
             experts = experts or E_m

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from moesim.spec.limits import DEFAULT_MAX_POINTS
+
 ORDER = 80
 
 
@@ -25,12 +27,20 @@ def register(app: typer.Typer) -> None:
 
 def check_cmd(
     path: Path = typer.Argument(..., help="Scenario YAML file."),
+    max_points: int = typer.Option(
+        DEFAULT_MAX_POINTS,
+        "--max-points",
+        min=1,
+        max=10**12,
+        help="Fail when the scenario has more points than this (the limit moesim sweep applies).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    from moesim.plan.scenario import build_plan, load_scenario
+    from moesim.plan.scenario import build_plan, check_points, load_scenario
 
     loaded = load_scenario(path)
     plan = build_plan(loaded)
+    check_points(plan, max_points)  # a scenario that sweep would refuse is not "ok"
     summary = {
         "scenario": loaded.scenario.name,
         "file": str(path),
@@ -67,12 +77,14 @@ def schema_cmd(
 ) -> None:
     import json
 
+    from moesim.outdir import atomic_write_text, check_out_file
     from moesim.plan.scenario import json_schema
 
+    if out is not None:
+        check_out_file(out)
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        atomic_write_text(out, text)
         typer.echo(f"wrote {out}")

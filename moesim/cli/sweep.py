@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from moesim.spec.limits import DEFAULT_MAX_POINTS
+
 ORDER = 85
 
 
@@ -20,13 +22,13 @@ def sweep_cmd(
     path: Path = typer.Argument(..., help="Scenario YAML file (see: moesim scenario schema)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     workers: int = typer.Option(
-        1, "--workers", "-w", min=1, help="Local processes that share the chunks."
+        1, "--workers", "-w", min=1, max=256, help="Local processes that share the chunks."
     ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Dask scheduler address, or 'local' for a LocalCluster."
     ),
     limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Evaluate only the first N points."
+        None, "--limit", min=1, max=10**12, help="Evaluate only the first N points."
     ),
     charts: bool = typer.Option(
         True, "--charts/--no-charts", help="Draw the charts the scenario asks for."
@@ -40,6 +42,22 @@ def sweep_cmd(
         min=0.01,
         max=1.0,
         help="Override every layout's usable share of GPU memory (vLLM semantics).",
+    ),
+    max_points: int = typer.Option(
+        DEFAULT_MAX_POINTS,
+        "--max-points",
+        min=1,
+        max=10**12,
+        help="Refuse a sweep of more points than this before evaluating anything.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier sweep output in --out (whole folder)."
+    ),
+    csv: bool | None = typer.Option(
+        None,
+        "--csv/--no-csv",
+        help="Write results.csv (default: when the scenario lists it, or for sweeps of at most "
+        "250,000 points).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -63,6 +81,9 @@ def sweep_cmd(
         progress=not as_json,
         charts=charts,
         overrides=overrides or None,
+        max_points=max_points,
+        overwrite=overwrite,
+        csv=csv,
     )
     if as_json:
         print_json(manifest)
@@ -75,6 +96,8 @@ def sweep_cmd(
     )
     for name in manifest["files"] + manifest["charts"]:
         console.print(f"  {out / name}")
+    if manifest.get("note"):
+        console.print(f"note: {manifest['note']}", soft_wrap=True)
     for line in cheapest_summary(df, manifest["slo"]):
         console.print(line, soft_wrap=True, highlight=False)
 

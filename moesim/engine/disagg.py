@@ -31,6 +31,7 @@ from moesim.cost import comm
 from moesim.cost.ops import routing_or_default
 from moesim.errors import MoesimError
 from moesim.spec.deployment import Layout
+from moesim.spec.limits import MAX_BATCH, MAX_REPLICAS
 
 POOLS = ("prefill", "decode")
 _INT_KEYS = {
@@ -135,6 +136,16 @@ def parse_spec(spec, hw, base: Layout | None = None) -> dict[str, Pool]:
             fields, hw_name = parse_pool(str(item), base)
             instances = fields.pop("replicas", 1)
             batch = fields.pop("batch", None)
+            # A pool of no instance serves nothing: refused, not reported as feasible.
+            if instances < 1 or instances > MAX_REPLICAS:
+                raise MoesimError(
+                    f"{name} pool {item!r}: x{instances} instances; a pool needs 1 to "
+                    f"{MAX_REPLICAS:,} instances"
+                )
+            if batch is not None and not 1 <= batch <= MAX_BATCH:
+                raise MoesimError(
+                    f"{name} pool {item!r}: batch{batch}; prefill batch must be 1 to {MAX_BATCH:,}"
+                )
             try:
                 layout = base.with_(**fields)
             except TypeError as exc:

@@ -39,6 +39,15 @@ from moesim.engine.presets import ENGINES
 from moesim.errors import MoesimError
 from moesim.spec.deployment import OVERLAP_MODES
 from moesim.spec.dtypes import DTYPE_BYTES
+from moesim.spec.limits import (
+    DEFAULT_MAX_POINTS,
+    INT_LIMITS,
+    MAX_AXIS_VALUES,
+    MAX_CAPACITY_FACTOR,
+    MAX_RATE_PER_S,
+    MAX_TOKENS_IN_FLIGHT,
+    check_memory_scale,
+)
 
 CHARTS = (
     "pareto",
@@ -49,9 +58,6 @@ CHARTS = (
     "dense_vs_moe",
 )
 PHASES = ("both", "decode", "prefill")
-_CORE_TAGS = {
-    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")
-}
 
 
 # ---------------------------------------------------------------------------- axis values
@@ -59,11 +65,13 @@ class Range(BaseModel):
     """Evenly spaced values: ``{start, stop, num[, log]}`` (linspace / logspace, both ends
     included) or ``{start, stop, step}`` (start, start+step, ... up to stop inclusive)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     start: float = Field(description="First value.")
     stop: float = Field(description="Last value (included when the spacing lands on it).")
-    num: int | None = Field(None, ge=1, description="Number of values (with start/stop).")
+    num: int | None = Field(
+        None, ge=1, le=MAX_AXIS_VALUES, description="Number of values (with start/stop)."
+    )
     step: float | None = Field(None, gt=0, description="Spacing between values (instead of num).")
     log: bool = Field(False, description="With num: space the values geometrically (start > 0).")
 
@@ -75,6 +83,13 @@ class Range(BaseModel):
             raise ValueError("a log range needs 'num' and start, stop > 0")
         if self.stop < self.start:
             raise ValueError("stop must be >= start")
+        if self.step is not None:
+            count = (self.stop - self.start) / self.step + 1  # counted before any allocation
+            if not count <= MAX_AXIS_VALUES:
+                raise ValueError(
+                    f"this range has {count:,.0f} values; the limit per axis is "
+                    f"{MAX_AXIS_VALUES:,} (use a larger step)"
+                )
         return self
 
     def values(self) -> np.ndarray:
@@ -86,24 +101,42 @@ class Range(BaseModel):
         return self.start + self.step * np.arange(n)
 
 
+def _no_bools(values: list) -> list:
+    # pydantic reads true as 1; in a sweep axis that is a typo, not a number
+    if any(isinstance(v, bool) for v in values):
+        raise ValueError("expected numbers or names, got a boolean (true/false)")
+    return values
+
+
 def _as_list(value: Any) -> Any:
-    if isinstance(value, (list, tuple, dict)) or value is None:
+    if isinstance(value, (list, tuple)):
+        return _no_bools(list(value))
+    if isinstance(value, dict) or value is None:
         return value
-    return [value]
+    return _no_bools([value])
 
 
-def _int_axis(minimum: int):
+def _int_axis(minimum: int, maximum: int):
     def check(value: list[int] | Range) -> tuple[int, ...]:
         if isinstance(value, Range):
-            values = np.rint(value.values()).astype(int)
+            for end in (value.start, value.stop):
+                if end < minimum - 0.5:
+                    raise ValueError(f"values must be >= {minimum}, got {end:g}")
+                if end > maximum + 0.5:
+                    raise ValueError(f"values must be <= {maximum:,}, got {end:g}")
+            values = np.rint(value.values()).astype(np.int64)
             _, first = np.unique(values, return_index=True)
             out = tuple(int(v) for v in values[np.sort(first)])  # integers, order kept, once each
         else:
             out = tuple(value)
         if not out:
             raise ValueError("needs at least one value")
+        if len(out) > MAX_AXIS_VALUES:
+            raise ValueError(f"{len(out):,} values; the limit per axis is {MAX_AXIS_VALUES:,}")
         if min(out) < minimum:
             raise ValueError(f"values must be >= {minimum}, got {min(out)}")
+        if max(out) > maximum:
+            raise ValueError(f"values must be <= {maximum:,}, got {max(out):,}")
         return out
 
     return check
@@ -114,6 +147,8 @@ def _float_axis(low: float, high: float):
         out = tuple(float(v) for v in (value.values() if isinstance(value, Range) else value))
         if not out:
             raise ValueError("needs at least one value")
+        if len(out) > MAX_AXIS_VALUES:
+            raise ValueError(f"{len(out):,} values; the limit per axis is {MAX_AXIS_VALUES:,}")
         bad = [v for v in out if not low <= v <= high]
         if bad:
             raise ValueError(f"values must be in [{low:g}, {high:g}], got {bad[0]:g}")
@@ -151,16 +186,24 @@ def _axis_type(inner, check, *, with_range: bool = True):
     ]
 
 
-IntAxis = _axis_type(int, _int_axis(1))
-CountAxis = _axis_type(int, _int_axis(0))
+def _limited(name: str):
+    return _axis_type(int, _int_axis(*INT_LIMITS[name]))
+
+
+ParallelAxis = _limited("tp")  # tp, ep, pp, dp
+ReplicaAxis = _limited("replicas")
+RedundantAxis = _limited("redundant_experts")
+BatchAxis = _limited("batch")
+TokensAxis = _limited("input_len")  # input_len, output_len, context_len
 FractionAxis = _axis_type(float, _float_axis(0.0, 1.0))
-PositiveAxis = _axis_type(float, _float_axis(1e-300, math.inf))
 DtypeAxis = _axis_type(str, _choice_axis("dtype", list(DTYPE_BYTES)), with_range=False)
 OverlapAxis = _axis_type(str, _choice_axis("overlap", OVERLAP_MODES), with_range=False)
 PhaseAxis = _axis_type(str, _choice_axis("phase", PHASES), with_range=False)
 EngineAxis = _axis_type(str, _choice_axis("engine", ENGINES), with_range=False)
 StrAxis = _axis_type(str, lambda v: tuple(v) if v else _empty(), with_range=False)
-BlockAxis = _axis_type(int, _int_axis(1), with_range=False)
+BlockAxis = _axis_type(int, _int_axis(*INT_LIMITS["block_m"]), with_range=False)
+IntAxis = _limited("concurrency")  # concurrency, token_budget, max_batch
+PositiveAxis = _axis_type(float, _float_axis(1e-9, MAX_RATE_PER_S))  # arrival rates, requests/s
 
 
 def _empty():
@@ -168,15 +211,18 @@ def _empty():
 
 
 def _capacity_list(value: Any) -> Any:
-    return [value] if value is None or not isinstance(value, (list, tuple)) else value
+    return _no_bools([value] if value is None or not isinstance(value, (list, tuple)) else value)
 
 
 def _capacity_check(value: list[float | None]) -> tuple[float | None, ...]:
     if not value:
         _empty()
-    bad = [v for v in value if v is not None and not v > 0]
+    bad = [v for v in value if v is not None and not 0 < v <= MAX_CAPACITY_FACTOR]
     if bad:
-        raise ValueError(f"capacity factors must be > 0 (or null for no cap), got {bad[0]}")
+        raise ValueError(
+            f"capacity factors must be finite, in (0, {MAX_CAPACITY_FACTOR:g}] (or null for no "
+            f"cap), got {bad[0]}"
+        )
     return tuple(value)
 
 
@@ -190,7 +236,8 @@ CapacityAxis = Annotated[
 
 # ---------------------------------------------------------------------------- the schema
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: a number in a scenario is finite or it is an error.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelEntry(_Strict):
@@ -229,19 +276,21 @@ class LayoutSpec(_Strict):
     """A family of deployment layouts; every list-valued field is a sweep axis."""
 
     label: str | None = Field(None, description="Name of this layout family (kept as a column).")
-    tp: IntAxis = Field((1,), description="Tensor-parallel sizes (attention; experts unless ep).")
-    ep: IntAxis = Field((1,), description="Expert-parallel sizes (must divide tp*dp).")
+    tp: ParallelAxis = Field(
+        (1,), description="Tensor-parallel sizes (attention; experts unless ep)."
+    )
+    ep: ParallelAxis = Field((1,), description="Expert-parallel sizes (must divide tp*dp).")
     ep_spans_stage: bool = Field(
         False,
         description="Set ep = tp*dp on every point (experts spread over every GPU of a stage, "
         "DeepSeek-style DP attention + EP); ep must then be left at 1.",
     )
-    pp: IntAxis = Field((1,), description="Pipeline-parallel stages.")
-    dp: IntAxis = Field(
+    pp: ParallelAxis = Field((1,), description="Pipeline-parallel stages.")
+    dp: ParallelAxis = Field(
         (1,), description="Attention data-parallel groups per stage (DP attention)."
     )
-    replicas: IntAxis = Field((1,), description="Independent copies of the whole layout.")
-    redundant_experts: CountAxis = Field(
+    replicas: ReplicaAxis = Field((1,), description="Independent copies of the whole layout.")
+    redundant_experts: RedundantAxis = Field(
         (0,), description="Extra expert replicas (EPLB) over the EP group."
     )
     offload_fraction: FractionAxis = Field(
@@ -260,7 +309,10 @@ class LayoutSpec(_Strict):
         0.90, gt=0, le=1, description="Usable share of GPU memory (vLLM's default 0.9)."
     )
     gpus_per_node: int | None = Field(
-        None, ge=1, description="GPUs per node (default: the hardware profile's)."
+        None,
+        ge=1,
+        le=INT_LIMITS["gpus_per_node"][1],
+        description="GPUs per node (default: the hardware profile's).",
     )
 
     @model_validator(mode="after")
@@ -274,10 +326,10 @@ class WorkloadSpec(_Strict):
     """A family of workloads; every list-valued field is a sweep axis."""
 
     label: str | None = Field(None, description="Name of this workload family (kept as a column).")
-    batch: IntAxis = Field((1,), description="Concurrent sequences across the whole layout.")
-    input_len: IntAxis = Field((1024,), description="Prompt tokens per request.")
-    output_len: IntAxis = Field((256,), description="Generated tokens per request.")
-    context_len: IntAxis | None = Field(
+    batch: BatchAxis = Field((1,), description="Concurrent sequences across the whole layout.")
+    input_len: TokensAxis = Field((1024,), description="Prompt tokens per request.")
+    output_len: TokensAxis = Field((256,), description="Generated tokens per request.")
+    context_len: TokensAxis | None = Field(
         None,
         description="phase=decode only: context tokens per sequence (default input + output/2).",
     )
@@ -341,8 +393,11 @@ class SloSpec(_Strict):
 class OutputSpec(_Strict):
     """What ``moesim sweep`` writes."""
 
-    formats: list[Literal["parquet", "csv"]] = Field(
-        ["parquet", "csv"], description="Result tables written to --out."
+    formats: list[Literal["parquet", "csv"]] | None = Field(
+        None,
+        min_length=1,
+        description="Result tables written to --out (default: parquet, and csv for sweeps of "
+        "at most 250,000 points).",
     )
     charts: list[Literal[CHARTS]] = Field(
         default_factory=list, description=f"Charts to draw: {', '.join(CHARTS)}."
@@ -557,53 +612,23 @@ def _is_type_tag(part: str) -> bool:
     )
 
 
-def _reject_tags(node, display: str) -> None:
-    from ruamel.yaml.nodes import MappingNode, SequenceNode
-
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n is None:
-            continue
-        if n.tag not in _CORE_TAGS:
-            tag = n.tag.replace("tag:yaml.org,2002:", "!!")
-            raise MoesimError(
-                f"{display}:{n.start_mark.line + 1}: YAML tag {tag!r} is not allowed in a scenario"
-            )
-        if isinstance(n, MappingNode):
-            for k, v in n.value:
-                stack += [k, v]
-        elif isinstance(n, SequenceNode):
-            stack += list(n.value)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def parse_yaml(text: str, display: str):
-    """Round-trip YAML with line numbers; tags are checked before anything is constructed."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    """The round-trip document of a scenario (line numbers kept), read through the shared safe
+    loader (:mod:`moesim.spec.safe_io`: size, depth and alias limits, only core tags, no
+    duplicate keys). Returns the ruamel document; :func:`moesim.spec.safe_io.to_plain` gives
+    plain data."""
+    from moesim.spec.safe_io import parse_yaml as safe_parse
 
-    yaml = YAML(typ="rt", pure=True)
-    try:
-        root = yaml.compose(text)
-        _reject_tags(root, display)
-        doc = YAML(typ="rt", pure=True).load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = (exc.problem or exc.context or "syntax error").strip()
-        raise MoesimError(f"{display}:{line}: not valid YAML: {problem}") from None
-    except YAMLError as exc:
-        raise MoesimError(f"{display}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = safe_parse(text, display)
     if not isinstance(doc, dict):
         raise MoesimError(f"{display}:1: a scenario is a mapping (name:, models:, hardware:, ...)")
     return doc
+
+
+def _display(path: Path) -> str:
+    from moesim.spec.safe_io import display_path
+
+    return display_path(path)
 
 
 @dataclass
@@ -626,27 +651,23 @@ class LoadedScenario:
 
 def load_scenario(path_or_text: str | Path, *, text: str | None = None) -> LoadedScenario:
     """Read, validate and resolve a scenario file (or ``text`` with ``path_or_text`` as its name)."""
+    from moesim.spec.safe_io import MAX_YAML_BYTES, read_text, to_plain
+
     path = Path(path_or_text)
-    if text is None:
-        if not path.is_file():
-            raise MoesimError(f"scenario not found: {path}")
-        text = path.read_text()
     display = _display(path)
+    if text is None:
+        text = read_text(path, what="scenario", max_bytes=MAX_YAML_BYTES, display=display)
+    elif len(text) > MAX_YAML_BYTES:
+        raise MoesimError(f"{display}: a scenario is at most {MAX_YAML_BYTES:,} bytes")
     source = _Source(display, parse_yaml(text, display))
     try:
-        scenario = Scenario.model_validate(_plain(source.doc))
+        scenario = Scenario.model_validate(to_plain(source.doc))
     except ValidationError as exc:
         err = _best_error(exc.errors())
         raise source.error(err["loc"], _message(err)) from None
+    except MoesimError as exc:
+        raise MoesimError(f"{display}: {exc}") from None
     return _resolve(scenario, text, path if path.is_file() else None, source)
-
-
-def _plain(node):
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
 
 
 _TYPE_MISMATCH = {
@@ -703,7 +724,7 @@ def _submodel(annotation) -> type[BaseModel] | None:
 
 def _resolve(scenario: Scenario, text: str, path: Path | None, source: _Source) -> LoadedScenario:
     from moesim.spec.hardware import list_hardware, load_hardware
-    from moesim.spec.model import ModelSpec, list_models, load_model
+    from moesim.spec.model import ModelSpec, check_limits, list_models, load_model
 
     base = path.parent if path else Path.cwd()
     models, labels = [], []
@@ -712,6 +733,7 @@ def _resolve(scenario: Scenario, text: str, path: Path | None, source: _Source) 
             if entry.spec is not None:
                 spec = dict(entry.spec)
                 spec.setdefault("name", entry.label or f"inline-{i}")
+                check_limits(spec, "inline spec")  # the ceilings config.json files get
                 m = ModelSpec.model_validate(spec)
             else:
                 target = entry.name
@@ -910,10 +932,36 @@ def build_plan(loaded: LoadedScenario) -> Plan:
                         axes[name] = np.asarray(values, dtype=float)
             dims = _dims(sc.sweep, axes, where)
             shape = tuple(len(axes[d[0]]) for d in dims)
-            size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            size = math.prod(shape)  # Python ints: a product of many axes never wraps
+            tokens = float(np.max(axes["batch"])) * (
+                float(np.max(axes["input_len"])) + float(np.max(axes["output_len"]))
+            )
+            if tokens > MAX_TOKENS_IN_FLIGHT:
+                raise _PlanError(
+                    ["workloads", wi, "batch"],
+                    f"batch x (input_len + output_len) reaches {tokens:,.0f} tokens in flight; "
+                    f"the limit is {MAX_TOKENS_IN_FLIGHT:,}",
+                )
+            for model in loaded.models:
+                try:
+                    check_memory_scale(model, tokens)
+                except MoesimError as exc:
+                    raise _PlanError(["workloads", wi, "batch"], str(exc)) from None
             blocks.append(Block(li, wi, axes, dims, shape, size, offset, lay.ep_spans_stage))
             offset += size
     return Plan(loaded, blocks, categories)
+
+
+def check_points(plan: Plan, max_points: int | None = DEFAULT_MAX_POINTS) -> None:
+    """Refuse a plan of more than ``max_points`` points before anything is evaluated
+    (``None``: no limit). The count is exact (a product of axis lengths, no expansion)."""
+    if max_points is not None and plan.size > max_points:
+        loaded = plan.loaded
+        where = _display(loaded.path) if loaded.path else loaded.scenario.name
+        raise MoesimError(
+            f"{where}: the scenario has {plan.size:,} points; the limit is {max_points:,} "
+            f"(narrow its axes, or raise the limit with --max-points {plan.size})"
+        )
 
 
 def _dims(

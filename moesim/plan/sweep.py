@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from moesim.errors import MoesimError
-from moesim.plan.scenario import CATEGORICAL, LoadedScenario, Plan, build_plan, load_scenario
+from moesim.plan.scenario import (
+    CATEGORICAL,
+    LoadedScenario,
+    Plan,
+    build_plan,
+    check_points,
+    load_scenario,
+)
+from moesim.spec.limits import DEFAULT_MAX_POINTS
 
 CHUNK_ROWS = 1 << 17  # rows per chunk: large enough to amortise per-call overhead
 
@@ -95,60 +104,115 @@ def evaluate_chunk(plan: Plan, start: int, stop: int) -> dict[str, np.ndarray]:
     out["_metrics"] = block_2d
     out["feasible"] = np.zeros(n, dtype=bool)
     out["reason"] = np.full(n, "", dtype=object)
-    block = _aligned_block(plan, start, stop)
-    if block is not None:
-        _evaluate_broadcast(plan, block, start, stop, out)
+    found = _aligned_block(plan, start, stop)
+    if found is not None:
+        _evaluate_broadcast(plan, found, start, stop, out)
     else:
         for key_rows in _groups(cols):
             _evaluate_group(plan, cols, key_rows, out)
+    _refuse_impossible_numbers(plan, cols, out)
     return cols | out
 
 
+# Metrics each phase defines; the others are NaN for it (e.g. no TTFT for a decode pool).
+_DEFINED = {
+    "both": ("ttft_s", "tpot_s", "e2e_latency_s", "output_tokens_per_s_per_gpu"),
+    "decode": ("tpot_s",),
+    "prefill": ("ttft_s",),
+}
+
+
+def _refuse_impossible_numbers(plan: Plan, cols: dict, out: dict) -> None:
+    """A feasible point with an infinite or negative metric, or a NaN where its phase defines
+    the metric, is a result the model cannot stand behind: marked infeasible, with the reason,
+    instead of being reported (never a silent wrong number)."""
+    block = out["_metrics"]
+    with np.errstate(invalid="ignore"):
+        bad = np.any(np.isinf(block) | (block < 0), axis=0)
+    phases = np.asarray(plan.categories["phase"], dtype=object)[cols["phase"]]
+    for phase, names in _DEFINED.items():
+        rows = phases == phase
+        if np.any(rows):
+            idx = [METRICS.index(n) for n in names]
+            bad |= rows & np.any(np.isnan(block[idx]), axis=0)
+    bad &= out["feasible"]
+    if np.any(bad):
+        out["feasible"][bad] = False
+        out["reason"][bad] = "the model gives a non-finite or negative number here (out of range)"
+
+
 def _aligned_block(plan: Plan, start: int, stop: int):
-    """The block holding rows ``start..stop-1`` if they are whole slices of its leading axis."""
+    """(block, geometry) if rows ``start..stop-1`` are a dense sub-grid of one block (see
+    :func:`_sub_grid`), else None."""
     for b in plan.blocks:
         if b.offset <= start and stop <= b.offset + b.size:
-            if not b.shape:
-                return b if (start, stop) == (b.offset, b.offset + b.size) else None
-            stride = b.size // b.shape[0]
-            lo, hi = start - b.offset, stop - b.offset
-            return b if lo % stride == 0 and hi % stride == 0 else None
+            geometry = _sub_grid(b.shape, start - b.offset, stop - b.offset)
+            return None if geometry is None else (b, geometry)
+    return None
+
+
+def _sub_grid(shape: tuple[int, ...], lo: int, hi: int):
+    """Rows ``lo..hi-1`` (row-major in ``shape``) as ``(d, prefix, a, c)``: a fixed index on
+    every axis before ``d``, indices ``a..c-1`` on axis ``d``, every index of the axes after it.
+    None if the rows are not such a sub-grid. A block of one point is ``(0, (), 0, 1)``."""
+    if not shape:
+        return (0, (), 0, 1) if (lo, hi) == (0, 1) else None
+    for d in range(len(shape)):
+        inner = math.prod(shape[d + 1 :])
+        span = inner * shape[d]
+        if lo % inner == 0 and hi % inner == 0 and lo // span == (hi - 1) // span:
+            prefix = tuple(int(i) for i in np.unravel_index(lo // span, shape[:d])) if d else ()
+            a = (lo % span) // inner
+            return d, prefix, a, a + (hi - lo) // inner
     return None
 
 
 def block_chunks(plan: Plan, total: int, chunk_rows: int) -> list[tuple[int, int]]:
-    """Row ranges of about ``chunk_rows`` that never cross a block and cut blocks only between
-    slices of their leading axis, so each chunk is a dense sub-grid (deterministic: depends on
-    the plan alone). Rows past ``total`` (a --limit) end the last chunk early."""
+    """Row ranges of at most ``chunk_rows`` rows that never cross a block and are dense
+    sub-grids of it: cut along the first axis whose trailing axes fit in ``chunk_rows``, with the
+    axes before it fixed, so a chunk is bounded whatever the block's shape (deterministic: it
+    depends on the plan alone). Rows past ``total`` (a --limit) end the last chunk early."""
+    chunk_rows = max(int(chunk_rows), 1)
     chunks = []
     for b in plan.blocks:
         if b.offset >= total:
             break
-        stride = b.size // b.shape[0] if b.shape else b.size
-        step = max(1, chunk_rows // max(stride, 1)) * stride
         end = min(b.offset + b.size, total)
-        chunks += [(s, min(s + step, end)) for s in range(b.offset, end, step)]
+        shape = b.shape or (1,)
+        d = next(i for i in range(len(shape)) if math.prod(shape[i + 1 :]) <= chunk_rows)
+        inner = math.prod(shape[d + 1 :])
+        span = inner * shape[d]
+        step = max(1, chunk_rows // inner) * inner
+        for first in range(b.offset, end, span):  # one fixed index on the axes before d
+            last = min(first + span, end)
+            chunks += [(s, min(s + step, last)) for s in range(first, last, step)]
     return chunks
 
 
-def _evaluate_broadcast(plan: Plan, b, start: int, stop: int, out: dict) -> None:
+def _evaluate_broadcast(plan: Plan, found, start: int, stop: int, out: dict) -> None:
     """Evaluate a dense sub-grid with its numeric axes as orthogonal numpy dimensions.
 
     Each operator's cost then depends only on the axes it involves (a GEMM on tp and batch is
     computed over tp x batch, not over every output length); numpy broadcasting assembles the
     full grid at the end. Dimensions holding categorical or scalar-only inputs (model, dtype,
     routing, redundant experts, ...) are looped over: the cost path takes those as scalars.
+    Axes before the chunk's cut axis hold one value each (see :func:`_sub_grid`); a block of
+    one point is a grid of shape (1,).
     """
+    b, (d0, prefix, a, c) = found
     cat = plan.categories
-    stride = b.size // b.shape[0] if b.shape else 1
-    a0, a1 = (start - b.offset) // stride, (stop - b.offset) // stride
-    shape = ((a1 - a0),) + tuple(b.shape[1:]) if b.shape else ()
+    shape = ((c - a),) + tuple(b.shape[d0 + 1 :]) if b.shape else (1,)
     nd = len(shape)
     where: dict[str, tuple[int | None, np.ndarray]] = {}
     for d, names in enumerate(b.dims):
         for name in names:
             values = b.axes[name]
-            where[name] = (d, values[a0:a1] if d == 0 else values)
+            if d < d0:
+                where[name] = (None, values[prefix[d] : prefix[d] + 1])
+            elif d == d0:
+                where[name] = (0, values[a:c])
+            else:
+                where[name] = (d - d0, values)
     for name, values in b.axes.items():
         where.setdefault(name, (None, values[:1]))
     scalar_only = set(CATEGORICAL) | set(SCALAR_NUMERIC)
@@ -299,6 +363,8 @@ def run_plan(
     if scheduler:
         parts = _run_dask(plan, chunks, scheduler, workers, progress)
     elif workers > 1 and len(chunks) > 1:
+        # no more processes than chunks, nor than a few per core: each one imports the package
+        workers = min(workers, len(chunks), 4 * (os.cpu_count() or 1))
         parts = _run_pool(plan, chunks, workers, progress)
     else:
         parts = []
@@ -466,34 +532,84 @@ def unit_of(column: str) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
-def write_results(
-    df: pd.DataFrame, out_dir: Path, loaded: LoadedScenario, formats=("parquet", "csv")
-) -> list[Path]:
-    """Write ``results.parquet`` (scenario text and version in its key-value metadata) and/or
-    ``results.csv`` under ``out_dir``."""
+# Without an explicit ``outputs.formats``, CSV is written up to this many points (pandas-free,
+# through Arrow, but still ~8x slower than Parquet); larger sweeps write Parquet only, unless
+# the scenario lists csv or ``--csv`` asks for it.
+CSV_AUTO_MAX_POINTS = 250_000
+SWEEP_FILES = ("results.parquet", "results.csv", "manifest.json", "scenario.yaml", "charts")
+
+
+def chosen_formats(loaded: LoadedScenario, points: int, csv: bool | None = None) -> list[str]:
+    """Result tables to write: the scenario's ``outputs.formats``, else Parquet and (for sweeps
+    of at most CSV_AUTO_MAX_POINTS points) CSV; ``csv`` True/False forces CSV on or off."""
+    formats = loaded.scenario.outputs.formats
+    if formats is None:
+        formats = ["parquet"] + (["csv"] if points <= CSV_AUTO_MAX_POINTS else [])
+    formats = list(dict.fromkeys(formats))
+    if csv is True and "csv" not in formats:
+        formats.append("csv")
+    if csv is False and "csv" in formats:
+        formats.remove("csv")
+    return formats
+
+
+def _arrow_table(df: pd.DataFrame, loaded: LoadedScenario):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from moesim import __version__
 
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta.update(
+        {
+            b"moesim.version": __version__.encode(),
+            b"moesim.scenario_name": loaded.scenario.name.encode(),
+            b"moesim.scenario": loaded.text.encode(),
+        }
+    )
+    return table.replace_schema_metadata(meta)
+
+
+def write_results(
+    df: pd.DataFrame,
+    out_dir: Path,
+    loaded: LoadedScenario,
+    formats=("parquet", "csv"),
+    chunk_rows: int = CHUNK_ROWS,
+) -> list[Path]:
+    """Write ``results.parquet`` (scenario text and version in its key-value metadata) and/or
+    ``results.csv`` under ``out_dir``, each in row groups / batches of ``chunk_rows`` rows to a
+    temporary name that is renamed when the file is complete (a killed run never leaves a
+    truncated file that reads as valid)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = _arrow_table(df, loaded)
     written = []
     if "parquet" in formats:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta.update(
-            {
-                b"moesim.version": __version__.encode(),
-                b"moesim.scenario_name": loaded.scenario.name.encode(),
-                b"moesim.scenario": loaded.text.encode(),
-            }
-        )
         path = out_dir / "results.parquet"
-        pq.write_table(table.replace_schema_metadata(meta), path)
+        tmp = out_dir / f".results.parquet.tmp-{os.getpid()}"
+        with pq.ParquetWriter(tmp, table.schema) as writer:
+            for start in range(0, max(table.num_rows, 1), chunk_rows):
+                writer.write_table(table.slice(start, chunk_rows), row_group_size=chunk_rows)
+        os.replace(tmp, path)
         written.append(path)
     if "csv" in formats:
+        # Categorical columns as their text; floats with Arrow's shortest round-trip repr.
+        fields = [
+            pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type)
+            for f in table.schema
+        ]
+        plain = table.cast(pa.schema(fields))
         path = out_dir / "results.csv"
-        df.to_csv(path, index=False)
+        tmp = out_dir / f".results.csv.tmp-{os.getpid()}"
+        with pa_csv.CSVWriter(tmp, plain.schema) as writer:
+            for batch in plain.to_batches(max_chunksize=chunk_rows):
+                writer.write_batch(batch)
+        os.replace(tmp, path)
         written.append(path)
     return written
 
@@ -511,6 +627,14 @@ def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return table.to_pandas(), meta
 
 
+def is_sweep_folder(path: Path) -> bool:
+    """True if ``path`` holds an earlier ``moesim sweep`` output and nothing else."""
+    names = {p.name for p in Path(path).iterdir()}
+    return bool(names & {"manifest.json", "results.parquet", "results.csv"}) and names <= set(
+        SWEEP_FILES
+    )
+
+
 def run_scenario(
     path: str | Path,
     out_dir: str | Path | None = None,
@@ -520,26 +644,66 @@ def run_scenario(
     scheduler: str | None = None,
     progress: bool = False,
     charts: bool = True,
+    max_points: int | None = DEFAULT_MAX_POINTS,
+    overwrite: bool = False,
+    csv: bool | None = None,
     overrides: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Load, evaluate and (with ``out_dir``) write a scenario. Returns (frame, manifest).
 
+    Before anything is evaluated: the scenario is validated, the points to evaluate are counted
+    and refused above ``max_points`` (None: no limit), and ``out_dir`` is checked (a file, an
+    unwritable place, a folder of other files, or an earlier run without ``overwrite`` are
+    refused). The output folder is built under a hidden name beside ``out_dir`` and renamed into
+    place when complete, replacing an earlier run whole.
+
     ``progress`` draws a progress bar with an ETA on stderr when it is a terminal.
     ``overrides`` may set ``price_usd_per_hour`` (every hardware) and ``memory_utilization``
-    (every layout); the manifest records them."""
+    (every layout); the manifest records them.
+    """
+    loaded = _apply_overrides(load_scenario(path), overrides or {})
+    plan = build_plan(loaded)
+    total = plan.size if limit is None else min(plan.size, limit)
+    if max_points is not None and total > max_points:
+        check_points(plan, max_points)  # the message names the scenario, count and limit
+    run = dict(path=path, limit=limit, workers=workers, scheduler=scheduler, csv=csv)
+    run |= dict(overrides=overrides or {})
+    run |= dict(progress=progress and total > CHUNK_ROWS, charts=charts, total=total)
+    if out_dir is None:
+        return _evaluate_and_write(loaded, plan, None, **run)
+    from moesim.outdir import StagedDir
+
+    staged = StagedDir(out_dir, is_previous_run=is_sweep_folder, overwrite=overwrite)
+    with staged as stage:  # the staging folder exists before any work: a bad --out fails now
+        return _evaluate_and_write(loaded, plan, stage, **run)
+
+
+def _evaluate_and_write(
+    loaded,
+    plan,
+    stage,
+    *,
+    path,
+    limit,
+    workers,
+    scheduler,
+    csv,
+    progress,
+    charts,
+    total,
+    overrides,
+) -> tuple[pd.DataFrame, dict]:
     import hashlib
 
     from moesim import __version__
 
-    loaded = _apply_overrides(load_scenario(path), overrides or {})
-    plan = build_plan(loaded)
-    total = plan.size if limit is None else min(plan.size, limit)
     t0 = time.perf_counter()
     if progress and _stderr_is_terminal():
         df = _with_progress(plan, total, limit=limit, workers=workers, scheduler=scheduler)
     else:
         df = run_plan(plan, limit=limit, workers=workers, scheduler=scheduler)
     eval_s = time.perf_counter() - t0
+    formats = chosen_formats(loaded, len(df), csv)
     manifest = {
         "scenario": loaded.scenario.name,
         "scenario_file": str(path),
@@ -554,24 +718,31 @@ def run_scenario(
         "workers": workers,
         "scheduler": scheduler,
         "limit": limit,
+        "formats": formats,
         "slo": loaded.scenario.slo.model_dump(),
-        "overrides": overrides or {},
+        "overrides": overrides,
         "units": {c: unit_of(c) for c in df.columns if unit_of(c)},
         "files": [],
         "charts": [],
     }
-    if out_dir is not None:
-        out = Path(out_dir)
-        files = write_results(df, out, loaded, loaded.scenario.outputs.formats)
-        (out / "scenario.yaml").write_text(loaded.text)
+    if loaded.scenario.outputs.formats is None and "csv" not in formats and csv is None:
+        manifest["note"] = (
+            f"results.csv not written: {len(df):,} points > {CSV_AUTO_MAX_POINTS:,}; list csv in "
+            "outputs.formats or pass --csv to write it"
+        )
+    if stage is not None:
+        from moesim.outdir import atomic_write_text
+
+        files = write_results(df, stage, loaded, formats)
+        atomic_write_text(stage / "scenario.yaml", loaded.text)
         manifest["files"] = [p.name for p in files] + ["scenario.yaml", "manifest.json"]
         if charts and loaded.scenario.outputs.charts:
             from moesim.plots.charts import sweep_charts
 
-            written = sweep_charts(df, loaded, out / "charts")
-            manifest["charts"] = [str(p.relative_to(out)) for p in written]
-        (out / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, default=_json_default) + "\n"
+            written = sweep_charts(df, loaded, stage / "charts")
+            manifest["charts"] = [str(p.relative_to(stage)) for p in written]
+        atomic_write_text(
+            stage / "manifest.json", json.dumps(manifest, indent=2, default=_json_default) + "\n"
         )
     return df, manifest
 

@@ -24,13 +24,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted: rerun with --resume to continue", fg="yellow", err=True)
         sys.exit(130)
-    except Exception as exc:
-        import click
+    except Exception as exc:  # usage errors and anything else: one line, as `moesim` does
+        from moesim.cli import report_failure
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        sys.exit(report_failure(exc))
 
 
 if __name__ == "__main__":

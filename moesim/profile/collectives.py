@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,9 +71,9 @@ def _launch(case: Case, ctx: Context) -> dict[str, Any]:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=budget + 120, check=False
-    )
+    from moesim.profile.runner import run_child  # dies with this process, group killed on error
+
+    proc = run_child(cmd, env=env, timeout=budget + 120)
     log = Path(ctx.out_dir) / "collectives.log"
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     if proc.returncode != 0:

@@ -39,6 +39,8 @@ def profile(
     nproc: int = typer.Option(
         0,
         "--nproc",
+        min=0,
+        max=1024,
         help="Processes for the collectives (torchrun). Default: GPUs visible on cuda, 2 on cpu.",
     ),
     budget_scale: float = typer.Option(
@@ -46,6 +48,7 @@ def profile(
         "--budget-scale",
         help="Multiply every class's time budget (cases past it are left for --resume).",
         min=0.01,
+        max=1000.0,
     ),  # fmt: skip
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -59,6 +62,9 @@ def profile(
     """
     from moesim.profile.runner import run_profile
     from moesim.profile.summary import print_summary
+    from moesim.spec.limits import check_real
+
+    check_real("--budget-scale", budget_scale, 0.01, 1000.0)
 
     run = run_profile(
         device,

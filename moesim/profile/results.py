@@ -3,7 +3,9 @@
 One file per kernel class in the output directory (``gemm.csv``, ``memory.csv``, ``moe.csv``,
 ``attention.csv``, ``permute.csv``, ``collectives.csv``, ``layer.csv``). Every row is flushed as
 it is written, so an interrupted run keeps what it measured; with ``resume`` a key already in
-the file (kernel_class, impl, shape_key, dtype) is not measured again, whatever its status.
+the file (kernel_class, impl, shape_key, dtype) is not measured again, whatever its status, and a
+row torn by the interruption is dropped and measured again. Existing files are never deleted
+or overwritten: a fresh run moves them to the next free ``.bak`` name.
 """
 
 from __future__ import annotations
@@ -97,21 +99,39 @@ def _number(value: Any) -> float | None:
 class CsvSink:
     """Append rows to ``DIR/<cls>.csv``, flushing each; remembers keys for ``--resume``.
 
-    Without ``resume`` an existing file is moved aside to ``<cls>.csv.bak`` (never deleted).
+    Without ``resume`` an existing file is moved aside to ``<cls>.csv.bak`` — or ``.bak.2``,
+    ``.bak.3``, ... when that exists: a backup is never overwritten, so no run's data is lost.
+    With ``resume`` the file is first repaired (:func:`repair_csv`: a row torn by a power loss or
+    a full disk is dropped, to be measured again, the damaged original kept as a backup) and its
+    header checked: a file without the key columns of a measurement CSV is refused, never
+    appended to.
     """
 
     def __init__(self, out_dir: Path, cls: str, *, resume: bool) -> None:
+        from moesim.errors import MoesimError
+
         self.path = Path(out_dir) / f"{cls}.csv"
         self.done: set[tuple[str, str, str, str]] = set()
+        self.repaired: dict[str, Any] | None = None
         columns = columns_for(cls)
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and resume:
+            self.repaired = repair_csv(self.path)
+            exists = self.path.stat().st_size > 0
+        if exists and resume:
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
-                columns = list(reader.fieldnames or columns)
+                found = list(reader.fieldnames or [])
+                missing = [c for c in KEY_COLUMNS if c not in found]
+                if missing:
+                    raise MoesimError(
+                        f"{self.path}: its header lacks {', '.join(missing)}: not a moesim "
+                        f"measurement CSV, so --resume will not append to it; move it away"
+                    )
+                columns = found
                 self.done = {row_key(r) for r in reader}
         elif exists:
-            os.replace(self.path, self.path.with_suffix(".csv.bak"))
+            os.replace(self.path, backup_path(self.path))
             exists = False
         self.columns = columns
         self._file = self.path.open("a", newline="")
@@ -136,13 +156,71 @@ class CsvSink:
             self.write(row)
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
 
     def __enter__(self) -> CsvSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+KEY_COLUMNS = ("kernel_class", "impl", "dtype", "shape_key", "median_s", "status")
+
+
+def backup_path(path: Path) -> Path:
+    """``<path>.bak``, or the first of ``<path>.bak.2``, ``.bak.3``, ... that does not exist."""
+    candidate = path.with_name(path.name + ".bak")
+    n = 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.bak.{n}")
+        n += 1
+    return candidate
+
+
+def repair_csv(path: Path) -> dict[str, Any] | None:
+    """Make a measurement CSV safe to append to; returns what was done (None: nothing).
+
+    A run killed by a power loss or a full disk leaves a last line without its newline (or a
+    tail of NUL bytes); appending would glue the next row onto it and the calibrator would then
+    reject the whole file. The file is cut after its last complete line, and every row whose
+    field count differs from the header's is dropped (its key is then missing, so --resume
+    measures it again). The damaged original is kept as a backup (never overwritten).
+    """
+    data = Path(path).read_bytes()
+    clean = data.rstrip(b"\x00")
+    cut = clean.rfind(b"\n") + 1  # 0 when not even the header line is complete
+    clean = clean[:cut]
+    lines = clean.decode("utf-8", errors="replace").splitlines(keepends=True)
+    kept: list[str] = []
+    dropped = 0
+    width = None
+    for line in lines:
+        fields = next(csv.reader([line]), [])
+        if width is None:
+            width = len(fields)
+            kept.append(line)
+        elif len(fields) == width:
+            kept.append(line)
+        else:
+            dropped += 1
+    repaired = "".join(kept).encode("utf-8")
+    if repaired == data:
+        return None
+    backup = backup_path(Path(path))
+    os.replace(path, backup)
+    from moesim.outdir import atomic_write_bytes
+
+    atomic_write_bytes(path, repaired)
+    return {
+        "file": str(path),
+        "backup": str(backup),
+        "torn_bytes_removed": len(data) - len(clean),
+        "rows_dropped": dropped,
+    }
 
 
 def _cell(value: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.errors import MoesimError, unknown_name
-from moesim.profile.results import CLASSES, CsvSink
+from moesim.profile.results import CLASSES, CsvSink, backup_path
 
 # Run order: bandwidth and GEMM ceilings first, the composite layer last.
 CLASS_ORDER = ("memory", "gemm", "moe", "attention", "permute", "collectives", "layer")
@@ -49,9 +50,100 @@ def _check_device(device: str) -> None:
 
 
 def _json_dump(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    from moesim.outdir import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+# --- child processes -----------------------------------------------------------------------
+# Run first in the child, then exec'd away: asks the kernel to send the child SIGTERM when its
+# parent dies, even by SIGKILL (prctl(2) PR_SET_PDEATHSIG = 1; the setting survives execve), and
+# exits if the parent is already gone. A launcher rather than Popen's preexec_fn, which is not
+# safe in a process that runs threads (the progress bar does).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "if os.getppid() != parent:\n"
+    "    sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def run_child(cmd: list[str], *, env: dict[str, str], timeout: float):
+    """Run a worker command (torchrun) that cannot outlive this process.
+
+    On Linux the command is started through a small launcher that sets the parent-death
+    signal (SIGTERM; torchrun answers it by stopping its ranks); the child gets its own process
+    group, which is terminated, then killed, on a timeout, an error or Ctrl-C here. Returns a
+    ``subprocess.CompletedProcess`` with text stdout/stderr.
+    """
+    import os
+    import signal
+    import subprocess
+
+    if sys.platform.startswith("linux"):
+        cmd_run = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    else:
+        cmd_run = list(cmd)
+    proc = subprocess.Popen(
+        cmd_run,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+class _PrivateTemp:
+    """A temporary folder of this run, made the children's TMPDIR and removed at the end, so the
+    ``torchelastic_*`` folders torchrun makes never pile up in the system temp folder."""
+
+    PREFIX = "moesim-profile-"
+
+    def __enter__(self) -> Path:
+        import shutil
+        import tempfile
+
+        from moesim.outdir import pid_alive
+
+        base = Path(tempfile.gettempdir())
+        for stale in base.glob(f"{self.PREFIX}*-*"):  # left by a run that was killed
+            pid = stale.name[len(self.PREFIX) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=base))
+        self.saved = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(self.path)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        if self.saved is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = self.saved
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def run_profile(
@@ -68,14 +160,24 @@ def run_profile(
     """Measure the selected kernel classes on ``device``; returns the run summary (run.json)."""
     classes = parse_only(only)
     _check_device(device)
+    from moesim.outdir import check_out_dir
+
+    out = check_out_dir(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MoesimError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    with _PrivateTemp():
+        return _run(device, out, classes, quick, resume, nproc, budget_scale, show_progress)
+
+
+def _run(device, out, classes, quick, resume, nproc, budget_scale, show_progress) -> dict:
     import torch
 
     from moesim.profile import telemetry
     from moesim.profile.case import Context
     from moesim.profile.harness import default_settings
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     snap = telemetry.snapshot(device)
     snap["samples"] = []
     capability = torch.cuda.get_device_capability(0) if device == "cuda" else None
@@ -101,6 +203,9 @@ def run_profile(
         "settings": ctx.settings.__dict__,
         "classes": {},
     }  # fmt: skip
+    for name in ("run.json", "telemetry.json"):  # an earlier run's metadata is kept, not lost
+        if (out / name).exists():
+            os.replace(out / name, backup_path(out / name))
     _json_dump(out / "run.json", run)
     _json_dump(out / "telemetry.json", snap)
 
@@ -163,6 +268,8 @@ def _run_class(cls, cases, ctx, budget_s, resume, progress, task) -> dict[str, A
         if not own_rows:
             sink.close()
         _free_memory(ctx.device)
+    if sink.repaired:
+        counts["repaired"] = sink.repaired  # a torn last row dropped (it was measured again)
     if own_rows:
         from moesim.profile.results import read_rows
 

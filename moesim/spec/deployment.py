@@ -22,6 +22,7 @@ from moesim.spec.dtypes import (
     DTYPE_BYTES,
     check_kv_dtype,
 )
+from moesim.spec.limits import MAX_GPUS, check_int, check_int_array
 
 OVERLAP_MODES = ("none", "two-batch")
 # Serving engines whose kernels and schedules differ (CUDA-graph capture sizes, fused
@@ -73,13 +74,15 @@ class Layout:
             )
         if self.overlap not in OVERLAP_MODES:
             raise MoesimError(f"overlap {self.overlap!r} must be one of {', '.join(OVERLAP_MODES)}")
-        for name in ("tp", "ep", "pp", "dp", "replicas"):
-            if np.any(np.asarray(getattr(self, name)) < 1):
-                raise MoesimError(f"{name} must be >= 1")
-        if np.any(np.asarray(self.redundant_experts) < 0):
-            raise MoesimError("redundant_experts must be >= 0")
+        # Integers within sane ceilings (moesim.spec.limits): past them int64 and float64
+        # arithmetic on GPU counts and bytes would wrap or lose meaning.
+        for name in ("tp", "ep", "pp", "dp", "replicas", "redundant_experts"):
+            check_int_array(name, getattr(self, name))
+        gpus = float(np.max(self.num_gpus))
+        if gpus > MAX_GPUS:
+            raise MoesimError(f"tp*dp*pp*replicas = {gpus:.3g} GPUs; the limit is {MAX_GPUS:,}")
         frac = np.asarray(self.offload_fraction, dtype=float)
-        if np.any((frac < 0) | (frac > 1)):
+        if np.any(~np.isfinite(frac) | (frac < 0) | (frac > 1)):
             raise MoesimError("offload_fraction must be in [0, 1]")
         if not 0 < self.memory_utilization <= 1:
             raise MoesimError("memory_utilization must be in (0, 1]")
@@ -96,6 +99,8 @@ class Layout:
             )
         if not np.isfinite(self.context_cv) or self.context_cv < 0:
             raise MoesimError("context_cv must be a finite number >= 0")
+        if self.gpus_per_node is not None:
+            check_int("gpus_per_node", self.gpus_per_node)
 
     def arr(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name), dtype=float)

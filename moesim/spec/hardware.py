@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -372,20 +373,107 @@ def load_hardware(name_or_path: str | Path | HardwareProfile) -> HardwareProfile
 
 @functools.lru_cache(maxsize=64)
 def _load_file(path: str, mtime_ns: int, display: str) -> HardwareProfile:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from moesim.spec.safe_io import load_yaml_file
 
-    try:
-        doc = YAML(typ="rt").load(Path(path).read_text())
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise MoesimError(f"{display}:{line}: YAML syntax error: {exc.problem}") from None
-    except YAMLError as exc:
-        raise MoesimError(f"{display}: YAML error: {exc}") from None
-    if not isinstance(doc, dict):
-        raise MoesimError(f"{display}:1: expected a mapping of fields, got {type(doc).__name__}")
-    return profile_from_yaml(doc, display)
+    # Bounded, alias- and depth-checked YAML 1.2 (moesim.spec.safe_io); plain values for the
+    # checks, the round-trip document for line numbers.
+    plain, doc = load_yaml_file(path, what="hardware profile", display=display)
+    _check_plain_numbers(plain, doc, display)
+    profile = profile_from_yaml(doc, display)
+    check_ranges(profile, display, doc)
+    return profile
+
+
+# Physical ranges of the SI fields (per GPU): far outside any accelerator built or announced, so
+# only typos and hostile files trip them. A wrong value here is a wrong prediction everywhere.
+RANGES: dict[str, tuple[float, float]] = {
+    "peak_flops_per_s": (1e9, 1e19),  # 1 GFLOP/s .. 10 EFLOP/s
+    "hbm_bandwidth_bytes_per_s": (1e8, 1e15),  # 0.1 GB/s .. 1 PB/s
+    "hbm_capacity_bytes": (1e8, 1e14),  # 0.1 GB .. 100 TB
+    "num_sms": (1, 1e5),
+    "l2_bytes": (1e3, 1e11),
+    "scaleup_domain_size": (1, 1e6),
+    "scaleup_bandwidth_bytes_per_s": (1e6, 1e15),
+    "scaleout_bandwidth_bytes_per_s": (1e6, 1e15),
+    "host_link_bandwidth_bytes_per_s": (1e6, 1e15),
+    "host_memory_bytes": (1e6, 1e16),
+    "gpus_per_node": (1, 1e4),
+    "tdp_w": (1, 1e5),
+    "price_usd_per_hour": (0, 1e4),
+}
+MAX_EFFICIENCY_SECONDS = 10.0  # launch overheads and collective latencies are µs, never seconds
+
+
+def check_ranges(profile: HardwareProfile, display: str = "<profile>", doc: Any = None) -> None:
+    """Every number of ``profile`` finite and within :data:`RANGES`; efficiency terms finite and
+    their ``*_s`` times in [0, 10 s]. MoesimError naming file, line and YAML key otherwise."""
+
+    def fail(field: str, value: float, lo: float, hi: float) -> None:
+        key = yaml_key(field)
+        unit = PEAK_UNIT if field.startswith("peak_flops_per_s.") else HUMAN_UNITS.get(field, "")
+        line = _line(doc, key) if isinstance(doc, dict) else 1
+        shown = [_in_unit(v, unit) for v in (value, lo, hi)]
+        raise MoesimError(
+            f"{display}:{line}: field {key!r}: {shown[0]:g} is outside the physical range "
+            f"[{shown[1]:g}, {shown[2]:g}]{' ' + unit if unit else ''}"
+        )
+
+    for dtype, flops in profile.peak_flops_per_s.items():
+        lo, hi = RANGES["peak_flops_per_s"]
+        if not (math.isfinite(flops) and lo <= flops <= hi):
+            fail(f"peak_flops_per_s.{dtype}", flops, lo, hi)
+    for field, (lo, hi) in RANGES.items():
+        if field == "peak_flops_per_s":
+            continue
+        value = float(getattr(profile, field))
+        if not (math.isfinite(value) and lo <= value <= hi):
+            fail(field, value, lo, hi)
+    for path, value in _numbers(
+        profile.efficiency.model_dump(exclude={"fit_report"}), "efficiency"
+    ):
+        bad = not math.isfinite(value)
+        if path.endswith("_s") and not 0 <= value <= MAX_EFFICIENCY_SECONDS:
+            bad = True
+        if bad:
+            line = _line(doc, "efficiency") if isinstance(doc, dict) else 1
+            shown = path.removesuffix("_s") + "_us" if path.endswith("_s") else path
+            human = value * 1e6 if path.endswith("_s") else value
+            raise MoesimError(
+                f"{display}:{line}: field {shown!r}: {human:g} is not a finite number in range"
+                + (f" [0, {MAX_EFFICIENCY_SECONDS * 1e6:g}] us" if path.endswith("_s") else "")
+            )
+
+
+def _in_unit(value_si: float, unit: str) -> float:
+    if not unit or not math.isfinite(value_si):
+        return value_si
+    return float(value_si) / float(units.UNITS[unit].factor)
+
+
+def _check_plain_numbers(node: Any, doc: Any, display: str, top: str = "") -> None:
+    """Refuse numbers that cannot be floats (ints of hundreds of digits) and NaN, before the
+    unit conversion meets them; the line is that of the top-level key holding the number."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_plain_numbers(value, doc, display, top or key)
+    elif isinstance(node, list):
+        for value in node:
+            _check_plain_numbers(value, doc, display, top)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        if (isinstance(node, int) and abs(node) > 1e300) or node != node:
+            line = _line(doc, top) if isinstance(doc, dict) else 1
+            raise MoesimError(
+                f"{display}:{line}: field {top!r}: {node!r:.40} is not a usable number"
+            )
+
+
+def _numbers(node: Any, path: str):
+    """(dotted path, float) of every numeric leaf of a plain nested dict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{path}.{key}")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, float(node)
 
 
 def profile_from_yaml(doc: dict[str, Any], display: str = "<yaml>") -> HardwareProfile:

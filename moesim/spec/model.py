@@ -15,7 +15,6 @@ Conventions for "active" parameters (publishers differ, so both are offered):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -499,14 +498,12 @@ class ModelSpec(BaseModel):
         if isinstance(path_or_dict, Mapping):
             cfg, where = dict(path_or_dict), "config dict"
         else:
+            from moesim.spec.safe_io import load_json_file
+
             path = Path(path_or_dict)
             where = str(path)
-            try:
-                cfg = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise MoesimError(f"model config not found: {path}") from None
-            except json.JSONDecodeError as exc:
-                raise MoesimError(f"{path}: not valid JSON ({exc})") from None
+            # bytes read with a size limit, UTF-8 checked, NaN refused, top level a JSON object
+            cfg = load_json_file(path, what="model config", top=dict, display=where)
             if name is None and not cfg.get("name"):
                 name = path.parent.name if path.stem == "config" else path.stem
         if name is None:
@@ -616,8 +613,15 @@ def _hf_to_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """Map one config.json onto ModelSpec fields, with the per-family facts HF leaves implicit."""
     cfg = dict(cfg)
     model_type = cfg.get("model_type") or ""
+    if not isinstance(model_type, str):
+        raise MoesimError(f"{where}: model_type must be a string, got {type(model_type).__name__}")
     if model_type == "dbrx":  # configuration_dbrx.py nests attention and FFN settings
         attn, ffn = cfg.pop("attn_config", {}) or {}, cfg.pop("ffn_config", {}) or {}
+        for key, block in (("attn_config", attn), ("ffn_config", ffn)):
+            if not isinstance(block, Mapping):
+                raise MoesimError(
+                    f"{where}: {key} must be a JSON object, got {type(block).__name__}"
+                )
         cfg["num_key_value_heads"] = attn.get("kv_n_heads", cfg.get("n_heads"))
         cfg["intermediate_size"] = ffn.get("ffn_hidden_size")
         cfg["moe_num_experts"] = ffn.get("moe_num_experts")
@@ -663,9 +667,61 @@ def _hf_to_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
+# Ceilings of the integer fields: 10-1000x beyond the largest published model, far below where
+# parameter counts and bytes per token would leave the range float64 sums are exact in.
+FIELD_LIMITS: dict[str, int] = {
+    "hidden_size": 1 << 20,
+    "num_hidden_layers": 1 << 14,
+    "num_attention_heads": 1 << 14,
+    "num_key_value_heads": 1 << 14,
+    "head_dim": 1 << 14,
+    "vocab_size": 1 << 26,
+    "max_position_embeddings": 1 << 34,
+    "norms_per_layer": 64,
+    "q_lora_rank": 1 << 20,
+    "kv_lora_rank": 1 << 20,
+    "qk_rope_head_dim": 1 << 14,
+    "qk_nope_head_dim": 1 << 14,
+    "v_head_dim": 1 << 14,
+    "sliding_window": 1 << 34,
+    "intermediate_size": 1 << 22,
+    "num_local_experts": 1 << 13,
+    "num_experts_per_tok": 1 << 10,
+    "moe_intermediate_size": 1 << 22,
+    "n_shared_experts": 1 << 10,
+    "shared_expert_intermediate_size": 1 << 22,
+    "first_k_dense_replace": 1 << 14,
+    "moe_layer_freq": 1 << 14,
+    "decoder_sparse_step": 1 << 14,
+    "dense_residual_intermediate_size": 1 << 22,
+}
+MAX_TOTAL_PARAMS = 1e15  # 1,000x the largest open-weight MoE
+
+
+def check_limits(data: dict[str, Any], where: str) -> None:
+    """Refuse counts beyond :data:`FIELD_LIMITS` and booleans given as counts (MoesimError)."""
+    for key, value in data.items():
+        limit = FIELD_LIMITS.get(FIELD_ALIASES.get(key, key))
+        if limit is None:
+            continue
+        if isinstance(value, bool):  # pydantic would read true as 1: a silent wrong number
+            raise MoesimError(f"{where}: invalid model: {key}={value!r} is a boolean, not a count")
+        if isinstance(value, (int, float)) and value > limit:
+            raise MoesimError(
+                f"{where}: invalid model: {key}={value!r:.30} exceeds the ceiling {limit:,}"
+            )
+
+
 def _validate(data: dict[str, Any], where: str) -> ModelSpec:
+    check_limits(data, where)
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data)
+        if spec.total_params > MAX_TOTAL_PARAMS:
+            raise MoesimError(
+                f"{where}: invalid model: {spec.total_params:.3g} parameters; the ceiling is "
+                f"{MAX_TOTAL_PARAMS:.0e}"
+            )
+        return spec
     except ValidationError as exc:
         problems = "; ".join(
             (".".join(str(p) for p in err["loc"]) + ": " if err["loc"] else "")
@@ -691,14 +747,10 @@ def list_models() -> list[str]:
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
-    from ruamel.yaml import YAML, YAMLError
+    from moesim.spec.safe_io import load_yaml_text
 
-    try:
-        doc = YAML(typ="safe", pure=True).load(text)
-    except YAMLError as exc:
-        raise MoesimError(f"{where}: not valid YAML ({exc})") from None
-    if not isinstance(doc, dict):
-        raise MoesimError(f"{where}: expected a mapping of model fields")
+    # limits, tags, duplicate keys; plain data (model errors name fields, not lines)
+    doc, _ = load_yaml_text(text, where, what="model preset", round_trip=False)
     return doc
 
 
@@ -730,7 +782,10 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         )
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
-        return _spec_from_yaml(path.read_text(), where=str(path), default_name=path.stem)
+        from moesim.spec.safe_io import MAX_YAML_BYTES, read_text
+
+        text = read_text(path, what="model preset", max_bytes=MAX_YAML_BYTES, display=str(path))
+        return _spec_from_yaml(text, where=str(path), default_name=path.stem)
     if path.suffix.lower() == ".json" and path.is_file():
         return ModelSpec.from_hf_config(path)
     if path.is_dir() and (path / "config.json").is_file():

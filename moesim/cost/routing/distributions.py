@@ -13,7 +13,6 @@ the adversarial order (expert 0 hottest). Measured histograms keep their real ex
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +22,11 @@ import numpy as np
 
 from moesim.errors import MoesimError
 
+# Bounds of a measured histogram, checked before anything is allocated: 10-100x the largest
+# MoE built (DeepSeek-V3: 58 MoE layers x 256 experts).
+MAX_HIST_LAYERS = 1 << 14
+MAX_HIST_EXPERTS = 1 << 16
+MAX_HIST_CELLS = 1 << 22
 SPEC_SYNTAX = "use uniform | zipf:S (S >= 0) | dirichlet:A (A > 0) | hist:PATH (CSV or JSON)"
 DEFAULT_SEED = 0
 
@@ -167,10 +171,12 @@ def load_histogram(path: str | Path, num_experts: int | None = None) -> np.ndarr
     form with a header ``layer,expert,count``. JSON: a list of counts, a list of per-layer lists,
     or ``{"layers": [...]}``. Returns ``[E]`` (one row) or ``[L, E]``.
     """
+    from moesim.spec.safe_io import MAX_JSON_BYTES, read_text
+
     p = Path(path)
     if not p.is_file():
         raise MoesimError(f"routing histogram {p}: no such file")
-    text = p.read_text()
+    text = read_text(p, what="routing histogram", max_bytes=MAX_JSON_BYTES, display=str(p))
     if not text.strip():
         raise MoesimError(f"routing histogram {p}: file is empty")
     if p.suffix.lower() == ".json" or text.lstrip()[:1] in "[{":
@@ -181,12 +187,9 @@ def load_histogram(path: str | Path, num_experts: int | None = None) -> np.ndarr
 
 
 def _parse_json(text: str, path: Path) -> np.ndarray:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MoesimError(
-            f"routing histogram {path}: invalid JSON at line {exc.lineno}: {exc.msg}"
-        ) from None
+    from moesim.spec.safe_io import parse_json
+
+    data = parse_json(text, f"routing histogram {path}", top=(list, dict))
     if isinstance(data, dict):
         for key in ("layers", "counts", "histogram"):
             if key in data:
@@ -247,11 +250,21 @@ def _parse_long_csv(lines, header, path: Path) -> np.ndarray:
             ) from None
         if layer < 0 or expert < 0:
             raise MoesimError(f"routing histogram {path} line {n}: negative layer or expert index")
+        if layer >= MAX_HIST_LAYERS or expert >= MAX_HIST_EXPERTS:
+            raise MoesimError(
+                f"routing histogram {path} line {n}: layer {layer} / expert {expert} is beyond "
+                f"the limits ({MAX_HIST_LAYERS:,} layers, {MAX_HIST_EXPERTS:,} experts)"
+            )
         entries.append((layer, expert, count, n))
     if not entries:
         raise MoesimError(f"routing histogram {path}: file has a header but no data rows")
     L = max(e[0] for e in entries) + 1
     E = max(e[1] for e in entries) + 1
+    if L * E > MAX_HIST_CELLS:  # checked before the [L, E] table is allocated
+        raise MoesimError(
+            f"routing histogram {path}: {L:,} layers x {E:,} experts is more than "
+            f"{MAX_HIST_CELLS:,} counts"
+        )
     out = np.zeros((L, E))
     for layer, expert, count, n in entries:
         if count < 0:
@@ -262,6 +275,11 @@ def _parse_long_csv(lines, header, path: Path) -> np.ndarray:
 
 def _rectangular(rows: list, path: Path, where) -> np.ndarray:
     width = len(rows[0])
+    if len(rows) > MAX_HIST_LAYERS or width > MAX_HIST_EXPERTS:
+        raise MoesimError(
+            f"routing histogram {path}: {len(rows):,} rows of {width:,} counts is beyond the "
+            f"limits ({MAX_HIST_LAYERS:,} layers, {MAX_HIST_EXPERTS:,} experts)"
+        )
     for i, row in enumerate(rows):
         if len(row) != width:
             raise MoesimError(
@@ -274,7 +292,7 @@ def _rectangular(rows: list, path: Path, where) -> np.ndarray:
 def _validate_counts(arr: np.ndarray, source: str, num_experts: int | None = None) -> np.ndarray:
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise MoesimError(f"routing histogram {source}: expected counts [E] or [layers, E]")
-    if not np.all(np.isfinite(arr)):
+    if not np.all(np.isfinite(arr)) or not np.all(np.isfinite(np.atleast_2d(arr).sum(axis=-1))):
         raise MoesimError(f"routing histogram {source}: counts must be finite numbers")
     if num_experts is not None and arr.shape[-1] != int(num_experts):
         raise MoesimError(

@@ -23,7 +23,8 @@ E[max_g L_g] (the expert-parallel straggler) uses ``E[max] = Σ_{m≥1} (1 − P
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+
+from moesim.cost.routing import _special as special  # numpy; SciPy only where needed
 
 EXACT_MAX_ASSIGNMENTS = 512  # N = T·k up to which the conditioned exact sum is used
 # A GPU-count pmf entry below this share of the pmf's peak is FFT round-off (~1e-17), not mass.

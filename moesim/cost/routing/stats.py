@@ -124,9 +124,9 @@ def layer_routing(p: np.ndarray, top_k: int, ep: int, placement=None) -> LayerRo
         if G == 1:
             hit = np.array([1.0])
         elif race is None:
-            from scipy.special import comb  # C(E − E/G, K)/C(E, K): no pick on GPU g
+            from moesim.cost.routing._special import comb  # C(E − E/G, K)/C(E, K): no pick on g
 
-            hit = np.full(G, 1.0 - comb(E - E // G, K, exact=False) / comb(E, K, exact=False))
+            hit = np.full(G, 1.0 - float(comb(E - E // G, K)) / float(comb(E, K)))
         else:
             hit = race.group_hit(starts, starts + E // G)
     else:
