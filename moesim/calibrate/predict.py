@@ -47,6 +47,21 @@ def _eager(df: pd.DataFrame) -> np.ndarray | bool:
     return df["timing_method"].astype(str).isin(EAGER_TIMING).to_numpy()
 
 
+def _fmt(df: pd.DataFrame) -> str:
+    """Weight format of a row group (one per group; see :func:`group_rows`), or ""."""
+    if "format" not in df.columns or df.empty:
+        return ""
+    value = df["format"].iloc[0]
+    return "" if pd.isna(value) else str(value)
+
+
+def _act_quant(df: pd.DataFrame) -> np.ndarray | bool:
+    """Rows whose measured call also quantised its input (imported fp8 GEMM tables)."""
+    if "includes_act_quant" not in df.columns:
+        return False
+    return df["includes_act_quant"].astype(str).str.lower().isin(("true", "1")).to_numpy()
+
+
 def group_rows(df: pd.DataFrame) -> list[tuple[str, str, np.ndarray, pd.DataFrame]]:
     """Split kernel rows into (kernel_class, dtype, positions, rows) groups priced in one call."""
     if df.empty:
@@ -57,10 +72,15 @@ def group_rows(df: pd.DataFrame) -> list[tuple[str, str, np.ndarray, pd.DataFram
         if "dtype" in df.columns
         else np.full(len(df), "bf16")
     )
-    keys = pd.Series([f"{k}|{d}" for k, d in zip(kinds, dtypes, strict=True)])
+    fmts = (
+        df["format"].fillna("").astype(str).to_numpy()
+        if "format" in df.columns
+        else np.full(len(df), "")
+    )
+    keys = pd.Series([f"{k}|{d}|{f}" for k, d, f in zip(kinds, dtypes, fmts, strict=True)])
     groups = []
     for key, idx in keys.groupby(keys).groups.items():
-        kind, dtype = str(key).split("|")
+        kind, dtype, _ = str(key).split("|")
         pos = np.asarray(list(idx))
         groups.append((kind, dtype, pos, df.iloc[pos]))
     return groups
@@ -85,8 +105,9 @@ def predict_kernel_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
 def _predict_group(hw, kind: str, dtype: str, df: pd.DataFrame, eff) -> np.ndarray:
     if kind == "gemm":
         res = kernel_cost.gemm_cost(
-            hw, _col(df, "m"), _col(df, "n"), _col(df, "k"), dtype, efficiency=eff, eager=_eager(df)
-        )
+            hw, _col(df, "m"), _col(df, "n"), _col(df, "k"), dtype, efficiency=eff,
+            eager=_eager(df), fmt=_fmt(df), act_quant=_act_quant(df),
+        )  # fmt: skip
     elif kind == "memory":
         nbytes = _col(df, "bytes", np.nan)
         if not np.isfinite(nbytes).all():  # copies count bytes read + written (2x)
@@ -127,7 +148,10 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
         if "impl" in df.columns and np.isfinite(assignments).all():
             # Only the Triton kernel pads each expert's rows to its block M (the row records
             # Σ ceil(n_e/BM)·BM for it); the loop and grouped_mm compute the assignments exactly.
-            pads = df["impl"].astype(str).str.startswith("triton").to_numpy()
+            # Engine kernels (imported tables: fused Triton / CUTLASS grouped GEMMs) tile each
+            # expert's rows too; only the profiler's loop and grouped_mm paths do not.
+            impl = df["impl"].astype(str)
+            pads = (impl.str.startswith("triton") | ~impl.isin(["loop", "grouped_mm"])).to_numpy()
             padded = np.where(pads, padded, assignments)
         realised = {"n_active_experts": _col(df, "n_active_experts"), "sum_padded_tokens": padded}
     gated = _bool(df["gated"].iloc[0]) if "gated" in df.columns else True
@@ -145,6 +169,7 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
             gated=gated,
             efficiency=eff,
             eager=_eager(df),
+            fmt=_fmt(df),
         )
     launches = None
     if "impl" in df.columns:
@@ -158,7 +183,7 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
     return kernel_cost.moe_cost(
         hw, tokens, experts, top_k, _col(df, "hidden"), _col(df, "intermediate"), dtype,
         realised=realised | {"assignments": tokens * top_k}, gated=gated, launches=launches,
-        efficiency=eff, eager=_eager(df),
+        efficiency=eff, eager=_eager(df), fmt=_fmt(df),
     )  # fmt: skip
 
 

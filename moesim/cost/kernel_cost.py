@@ -24,11 +24,14 @@ def _time(
     launches=1,
     efficiency=None,
     eager=False,
+    k=None,
+    fmt="",
+    act_quant=False,
 ):
     eff = (efficiency or hw.efficiency).for_class(kernel_class)
     peak = hw.peak(dtype)
     bw = hw.hbm_bandwidth_bytes_per_s
-    params = RooflineParams.from_efficiency(eff, dtype)
+    params = RooflineParams.from_efficiency(eff, dtype, fmt)
     t = op_time_s(
         flops,
         hbm_bytes,
@@ -40,6 +43,8 @@ def _time(
         n=n,
         launches=launches,
         eager=eager,
+        k=k,
+        act_quant=act_quant,
     )
     return {
         "latency_s": t,
@@ -52,14 +57,31 @@ def _time(
     }
 
 
-def gemm_cost(hw, m, n, k, dtype="bf16", out_dtype=None, efficiency=None, eager=False) -> dict:
-    """[m, k] x [k, n] -> [m, n]: 2mnk FLOPs; A, B read once and C written once (ideal reuse)."""
+def gemm_cost(
+    hw,
+    m,
+    n,
+    k,
+    dtype="bf16",
+    out_dtype=None,
+    efficiency=None,
+    eager=False,
+    fmt="",
+    act_quant=False,
+) -> dict:
+    """[m, k] x [k, n] -> [m, n]: 2mnk FLOPs; A, B read once and C written once (ideal reuse).
+
+    ``fmt`` picks the format's own kernel block (e.g. ``fp8-block``); ``act_quant`` adds the
+    input quantisation a measured call included (see KernelEfficiency.act_quant_*)."""
     m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
     ib = dtype_bytes(dtype)
     ob = dtype_bytes(out_dtype or ("bf16" if dtype in ("fp8", "fp4") else dtype))
     flops = 2.0 * m * n * k
     hbm = (m * k + k * n) * ib + m * n * ob
-    return _time(hw, "gemm", dtype, flops, hbm, m=m, n=n, efficiency=efficiency, eager=eager)
+    return _time(
+        hw, "gemm", dtype, flops, hbm, m=m, n=n, efficiency=efficiency, eager=eager, k=k,
+        fmt=fmt, act_quant=act_quant,
+    )  # fmt: skip
 
 
 def copy_cost(hw, nbytes, efficiency=None, eager=False) -> dict:
@@ -113,6 +135,7 @@ def moe_cost(
     launches=None,
     efficiency=None,
     eager=False,
+    fmt="",
 ) -> dict:
     """One MoE layer's expert compute on the busiest EP rank: gate/up GEMM, activation, down GEMM.
 
@@ -161,6 +184,8 @@ def moe_cost(
         launches=launches,
         efficiency=efficiency,
         eager=eager,
+        k=np.asarray(hidden, dtype=float),
+        fmt=fmt,
     )
     out["weight_bytes"] = weights
     if stats is not None:
@@ -197,11 +222,21 @@ def attention_cost(
         pairs = b * (s * (s + 1.0) / 2.0 if causal else s * s)
         flops = 4.0 * pairs * num_heads * head_dim
         io = b * s * head_dim * (2.0 * num_heads + 2.0 * num_kv_heads) * ab
-        return _time(hw, "attention_prefill", dtype, flops, io, efficiency=efficiency, eager=eager)
+        # CTAs: one per (sequence, head, query tile); each loops over its keys (FlashAttention-3,
+        # arXiv 2407.08608): m = query rows per head, n = sequences x heads, k = keys per query.
+        return _time(
+            hw, "attention_prefill", dtype, flops, io, m=s, n=b * num_heads, k=s,
+            efficiency=efficiency, eager=eager,
+        )  # fmt: skip
     pairs = b * s
     flops = 4.0 * pairs * num_heads * head_dim
     io = 2.0 * pairs * num_kv_heads * head_dim * kvb + 2.0 * b * num_heads * head_dim * ab
-    return _time(hw, "attention_decode", dtype, flops, io, efficiency=efficiency, eager=eager)
+    # CTAs: one per (sequence, KV head) (FlashInfer / TensorRT-LLM XQA decode): m = sequences,
+    # n = KV heads, for the wave and memory-parallelism terms.
+    return _time(
+        hw, "attention_decode", dtype, flops, io, m=b, n=np.asarray(num_kv_heads, dtype=float),
+        efficiency=efficiency, eager=eager,
+    )  # fmt: skip
 
 
 def permute_cost(

@@ -45,6 +45,8 @@ class Op:
     dtype: str = "bf16"
     m: np.ndarray | None = None
     n: np.ndarray | None = None
+    k: np.ndarray | None = None  # reduction length per output tile (GEMM K, attention keys)
+    fmt: str = ""  # weight format of a GEMM's weights (picks the format's own kernel block)
     # communication
     message_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     group_size: np.ndarray = field(default_factory=lambda: np.asarray(1.0))
@@ -74,7 +76,7 @@ def gemm_op(name, kind, m, n, k, weight_bytes, act_bytes, dtype, count) -> Op:
     k = np.asarray(k, dtype=float)
     flops = 2.0 * m * n * k
     hbm = k * n * weight_bytes + (m * k + m * n) * act_bytes
-    return Op(name, kind, "gemm", np.asarray(count, dtype=float), flops, hbm, dtype, m, n)
+    return Op(name, kind, "gemm", np.asarray(count, dtype=float), flops, hbm, dtype, m, n, k)
 
 
 def memory_op(name, kind, hbm_bytes, count) -> Op:
@@ -320,7 +322,11 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             flops = 4.0 * pairs * H * d
             keys = s.seqs * (s.new_tokens + np.minimum(s.context, window or np.inf))
             io = 2.0 * T * H * d * ab + 2.0 * keys * Hkv * d * ab
-            ops.append(Op(name, "attention", "attention_prefill", count, flops, io, "bf16"))
+            # CTAs per (sequence, head, query tile), each over its keys (kernel_cost.attention_cost)
+            ops.append(
+                Op(name, "attention", "attention_prefill", count, flops, io, "bf16",
+                   s.new_tokens, s.seqs * H, s.new_tokens + np.minimum(s.context, window or np.inf))
+            )  # fmt: skip
         else:
             # Decode reads the whole (windowed) K and V cache of every sequence once; each new
             # token (1, or 1 + N when verifying drafts) attends to the cache and those before it.
@@ -328,7 +334,10 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
             flops = 4.0 * pairs * H * d
             io = 2.0 * keys * Hkv * d * kvb + 2.0 * T * H * d * ab
-            ops.append(Op(name, "attention", "attention_decode", count, flops, io, "bf16"))
+            # CTAs per (sequence, KV head) (kernel_cost.attention_cost)
+            ops.append(
+                Op(name, "attention", "attention_decode", count, flops, io, "bf16", s.seqs, Hkv)
+            )
     # Rotary embedding reads and writes q and k in place (vLLM rotary_embedding kernel);
     # reshape_and_cache reads the new K and V and writes them into the paged cache.
     ops.append(memory_op("attn.rope", "attention", 2.0 * T * (H + Hkv) * d * ab, per_layer))
@@ -436,6 +445,7 @@ def _moe_ops(
             cdt,
             padded,
             2 * I_gpu,
+            np.asarray(float(model.hidden_size)),
         ),
     ]
     if np.any(offload > 0):
@@ -724,8 +734,19 @@ def step_ops(
         launches = _kernel_count(op.name, phase, model.is_mla)
         if launches is not None:
             op.launches = launches
+        if op.kernel_class in ("gemm", "grouped_gemm"):
+            op.fmt = weight_dtype_of(model, layout, _weight_part(op))
     _fuse_allreduce_norms(ops, layout, T, h, ab)
     return ops, stats
+
+
+def _weight_part(op: Op) -> str:
+    """The checkpoint part (WEIGHT_COMPONENTS) whose weights a GEMM operator multiplies."""
+    if op.name.startswith("moe.shared"):
+        return "shared_experts"
+    return {"attention": "attention", "moe": "experts", "lm_head": "lm_head"}.get(
+        op.kind, "dense_ffn"
+    )
 
 
 def _fused_norms(layout) -> bool:

@@ -1,8 +1,16 @@
 """Time of one operator on one GPU: a roofline with calibrated efficiencies.
 
     t = smoothmax_p(t_compute, t_memory) + launches * t_launch
-    t_compute = FLOPs / (peak[dtype] * eta_c * q(m, n))       (Williams et al., "Roofline",
-    t_memory  = bytes / (bandwidth * eta_m)                    CACM 2009)
+    t_compute = FLOPs / (peak[dtype] * eta_c * q(m, n)) * (K + K0) / K   (Williams et al.,
+    t_memory  = bytes / (bandwidth * eta_m)                    "Roofline", CACM 2009)
+
+Shape terms (fitted per kernel class and format from measured kernel tables): ``q`` is the
+useful fraction of the work a tiled kernel issues — output tiles from a small candidate set,
+the one issuing least work chosen as a library heuristic would, partial tiles padded and the
+last wave idling SMs unless split-K / stream-K fills them (NVIDIA "Matrix Multiplication
+Background User's Guide", tile and wave quantisation; Osama et al., PPoPP'23, Stream-K). K0 is
+each tile's K-loop prologue and epilogue (pipeline fill, accumulator write-out) in elements of
+the reduction dimension: a GEMM with K = K0 runs at half its large-K rate.
 
 ``eta_c``, ``eta_m``, ``t_launch``, the tile sizes behind the quantisation ``q`` and the ridge
 sharpness ``p`` are the few physical parameters a hardware profile's calibration block holds
@@ -32,18 +40,36 @@ class RooflineParams:
     tile_n: int = 1
     ridge_sharpness: float = 8.0
     host_launch_s: float = 0.0
+    k_overhead: float = 0.0
+    memory_parallelism_ctas: float = 0.0
+    tile_operand_overhead: float = 0.0
+    wave_overhead_s: float = 0.0
+    tile_candidates: tuple[tuple[int, int], ...] = ()
+    split_k: bool = True
+    act_quant_bytes_per_element: float = 0.0
+    act_quant_launch_s: float = 0.0
 
     @classmethod
-    def from_efficiency(cls, eff, dtype: str) -> RooflineParams:
-        """Parameters of a ``KernelEfficiency`` block for compute format ``dtype``."""
+    def from_efficiency(cls, eff, dtype: str, fmt: str = "") -> RooflineParams:
+        """Parameters of a ``KernelEfficiency`` block for compute dtype ``dtype`` and weight
+        format ``fmt`` (the block's ``by_format`` entry when it has one)."""
+        block = eff.for_format(dtype, fmt) if hasattr(eff, "for_format") else eff
         return cls(
-            compute_efficiency=eff.compute_eff(dtype),
-            memory_efficiency=eff.memory_efficiency,
-            launch_overhead_s=eff.launch_overhead_s,
-            tile_m=eff.tile_m,
-            tile_n=eff.tile_n,
-            ridge_sharpness=eff.ridge_sharpness,
-            host_launch_s=getattr(eff, "host_launch_s", 0.0),
+            compute_efficiency=block.compute_eff(dtype),
+            memory_efficiency=block.memory_efficiency,
+            launch_overhead_s=block.launch_overhead_s,
+            tile_m=block.tile_m,
+            tile_n=block.tile_n,
+            ridge_sharpness=block.ridge_sharpness,
+            host_launch_s=getattr(block, "host_launch_s", 0.0),
+            k_overhead=getattr(block, "k_overhead", 0.0),
+            memory_parallelism_ctas=getattr(block, "memory_parallelism_ctas", 0.0),
+            tile_operand_overhead=getattr(block, "tile_operand_overhead", 0.0),
+            wave_overhead_s=getattr(block, "wave_overhead_s", 0.0),
+            tile_candidates=tuple(tuple(t) for t in getattr(block, "tile_candidates", ())),
+            split_k=getattr(block, "split_k", True),
+            act_quant_bytes_per_element=getattr(block, "act_quant_bytes_per_element", 0.0),
+            act_quant_launch_s=getattr(block, "act_quant_launch_s", 0.0),
         )
 
 
@@ -77,14 +103,36 @@ def _int_power(x: np.ndarray, n: int) -> np.ndarray:
     return result
 
 
-def quantisation_efficiency(m, n, tile_m: int, tile_n: int, num_sms: int) -> np.ndarray:
+def quantisation_efficiency(
+    m,
+    n,
+    tile_m: int,
+    tile_n: int,
+    num_sms: int,
+    split_k: bool = True,
+    candidates=(),
+    operand_overhead: float = 0.0,
+) -> np.ndarray:
     """Useful fraction of the tensor-core work a tiled GEMM issues.
 
     Output tiles are tile_m x tile_n; partial tiles pad (tile quantisation) and the last wave
     of tiles leaves SMs idle (wave quantisation) — NVIDIA, "Matrix Multiplication Background
     User's Guide", sections on tile and wave quantisation. Returns 1 where m or n is None or
-    the tiles are 1 x 1 (quantisation off).
+    the tiles are 1 x 1 (quantisation off). With ``candidates`` the best of those tiles counts
+    (a heuristic picks the tile issuing the least work for the shape), each at its own MMA
+    rate 1 / (1 + operand_overhead (1/m_t + 1/n_t)) (see KernelEfficiency.tile_operand_overhead).
     """
+    if candidates:
+        if m is None or n is None:
+            return np.asarray(1.0)
+        return np.max(
+            [
+                quantisation_efficiency(m, n, a, b, num_sms, split_k)
+                / (1.0 + operand_overhead * (1.0 / a + 1.0 / b))
+                for a, b in candidates
+            ],
+            axis=0,
+        )
     if m is None or n is None or (tile_m <= 1 and tile_n <= 1):
         return np.asarray(1.0)
     m = np.maximum(np.asarray(m, dtype=float), 1.0)
@@ -98,7 +146,8 @@ def quantisation_efficiency(m, n, tile_m: int, tile_n: int, num_sms: int) -> np.
     # A GEMM with fewer tiles than SMs is not charged for idle SMs: libraries split K across them
     # (split-K / stream-K), so quantisation there is only the tile padding.
     issued_single = tiles * tile_m * tile_n
-    issued = np.where(tiles < num_sms, issued_single, issued)
+    if split_k:
+        issued = np.where(tiles < num_sms, issued_single, issued)
     return np.clip(useful / issued, 1e-6, 1.0)
 
 
@@ -114,22 +163,49 @@ def op_time_s(
     n=None,
     launches=1,
     eager=False,
+    k=None,
+    act_quant=False,
 ) -> np.ndarray:
     """Predicted time of an operator (seconds), broadcast over all array inputs.
 
     ``eager`` marks calls issued without CUDA graphs and timed back to back: the host then
     enqueues ahead of the device and a call takes max(device time, launches x host launch cost).
+    ``k`` is the reduction length each output tile loops over (GEMM K, attention keys) for the
+    K0 term; ``act_quant`` marks a measured call that also quantised its m x k input.
     """
     flops = np.asarray(flops, dtype=float)
     hbm_bytes = np.asarray(hbm_bytes, dtype=float)
-    q = quantisation_efficiency(m, n, params.tile_m, params.tile_n, num_sms)
+    q = quantisation_efficiency(
+        m, n, params.tile_m, params.tile_n, num_sms, params.split_k, params.tile_candidates,
+        params.tile_operand_overhead,
+    )  # fmt: skip
     eta_c = min(params.compute_efficiency, 1.0)
     eta_m = min(params.memory_efficiency, 1.0)
     t_compute = flops / (np.asarray(peak_flops_per_s, dtype=float) * eta_c * q)
+    if k is not None and params.k_overhead > 0:
+        kk = np.maximum(np.asarray(k, dtype=float), 1.0)
+        t_compute = t_compute * (kk + params.k_overhead) / kk
     t_memory = hbm_bytes / (hbm_bytes_per_s * eta_m)
+    if (params.memory_parallelism_ctas > 0 or params.wave_overhead_s > 0) and m is not None:
+        tm, tn = (
+            min(params.tile_candidates)
+            if params.tile_candidates
+            else (params.tile_m, params.tile_n)
+        )
+        ctas = np.ceil(np.maximum(np.asarray(m, dtype=float), 1.0) / tm) * np.ceil(
+            np.maximum(np.asarray(n if n is not None else 1.0, dtype=float), 1.0) / tn
+        )
+        # Little's law: few output tiles keep few bytes in flight (see KernelEfficiency)
+        t_memory = t_memory * (1.0 + params.memory_parallelism_ctas / ctas)
+        t_compute = t_compute + params.wave_overhead_s * np.ceil(ctas / num_sms)
     # A launched kernel costs its launch even when it has no work (an EP rank with no tokens).
     launch = np.asarray(launches, dtype=float) * params.launch_overhead_s
     t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch
+    if np.any(act_quant) and m is not None and k is not None:
+        quant = params.act_quant_launch_s + params.act_quant_bytes_per_element * np.asarray(
+            m, dtype=float
+        ) * np.asarray(k, dtype=float) / (hbm_bytes_per_s * eta_m)
+        t = t + np.where(act_quant, quant, 0.0)
     if params.host_launch_s > 0 and np.any(eager):
         host = np.asarray(launches, dtype=float) * params.host_launch_s
         t = np.where(eager, np.maximum(t, host), t)

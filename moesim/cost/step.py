@@ -61,7 +61,7 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
         in_switch_speedup=net.in_switch_speedup,
     )
     bw = hw.hbm_bandwidth_bytes_per_s
-    params_cache: dict[tuple[str, str], RooflineParams] = {}
+    params_cache: dict[tuple[str, str, str], RooflineParams] = {}
     out = []
     for op in ops:
         count = op.count
@@ -71,10 +71,10 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
             flops = np.asarray(0.0)
             hbm = np.asarray(0.0)
         else:
-            key = (op.kernel_class, op.dtype)
+            key = (op.kernel_class, op.dtype, op.fmt)
             if key not in params_cache:
                 eff = hw.efficiency.for_class(op.kernel_class)
-                params_cache[key] = RooflineParams.from_efficiency(eff, op.dtype)
+                params_cache[key] = RooflineParams.from_efficiency(eff, op.dtype, op.fmt)
             peak = hw.peak(op.dtype)
             t = op_time_s(
                 op.flops,
@@ -86,6 +86,7 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                 m=op.m,
                 n=op.n,
                 launches=op.launches,
+                k=op.k,
             )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")

@@ -89,6 +89,58 @@ class KernelEfficiency(BaseModel):
     tile_n: int = Field(1, ge=1)
     ridge_sharpness: float = Field(8.0, gt=0)  # p of (t_c^p + t_m^p)^(1/p); large = hard max
     compute_efficiency_by_dtype: dict[str, float] = {}
+    # Shape-aware terms (moesim.cost.roofline; all off by default, so a datasheet block prices
+    # exactly as the plain roofline). k_overhead: the K-loop prologue/epilogue of each output
+    # tile in elements of the reduction dimension, t_compute x (K + K0) / K. tile_candidates:
+    # output tiles (m_t, n_t) a library heuristic picks from (the one with least issued work
+    # wins; tile_m x tile_n is used when empty). split_k: tile counts below the SM count are
+    # not charged for idle SMs (split-K / stream-K), else a partial wave idles them.
+    k_overhead: float = Field(0.0, ge=0, le=65536)
+    # Memory-level parallelism: a kernel with few output tiles keeps few bytes in flight, and
+    # by Little's law (bandwidth = bytes in flight / latency) streams below the HBM roof:
+    # t_memory x (1 + C / ctas), ctas the output tiles at the smallest candidate tile. C (the
+    # tile count at which the kernel reaches half its bandwidth) is fitted; 0 = off.
+    memory_parallelism_ctas: float = Field(0.0, ge=0, le=4096)
+    # Operand traffic of a tile: an m_t x n_t tile loads m_t + n_t operand rows per m_t·n_t
+    # MMAs, so small tiles run below the MMA peak: rate x 1 / (1 + a (1/m_t + 1/n_t)). The
+    # candidate tile with the most useful work per time wins (0 = all tiles at full rate).
+    tile_operand_overhead: float = Field(0.0, ge=0, le=1024)
+    # Fixed cost of each wave of output tiles (CTA prologue: loading the resident operand, and
+    # epilogue: normalising and storing the output tile), added to t_compute per wave.
+    wave_overhead_s: float = Field(0.0, ge=0, le=1e-3)
+    tile_candidates: list[tuple[int, int]] = []
+    split_k: bool = True
+    # Activation quantisation the measured kernel included (a bf16 -> fp8 pass over the m x k
+    # input before the GEMM): bytes moved per input element and its launch cost. Fitted so that
+    # such rows calibrate the GEMM itself; the step model prices quantisation as its own
+    # operator (moesim.cost.ops._act_quant_ops), so these never enter a serving prediction.
+    act_quant_bytes_per_element: float = Field(0.0, ge=0, le=64)
+    act_quant_launch_s: float = Field(0.0, ge=0, le=1e-3)
+    # Per compute format (dtype or weight format, e.g. "bf16", "fp8", "fp8-block"): a whole
+    # block for kernels of that format, which are different kernels with their own tiles.
+    by_format: dict[str, KernelEfficiency] = {}
+
+    @field_validator("tile_candidates")
+    @classmethod
+    def _check_tiles(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if len(value) > 16 or any(not (1 <= a <= 1024 and 1 <= b <= 1024) for a, b in value):
+            raise ValueError("tile_candidates: at most 16 (m, n) tiles, each side in [1, 1024]")
+        return [(int(a), int(b)) for a, b in value]
+
+    @field_validator("by_format")
+    @classmethod
+    def _check_formats(cls, value: dict[str, KernelEfficiency]) -> dict[str, KernelEfficiency]:
+        if any(block.by_format for block in value.values()):
+            raise ValueError("by_format blocks cannot nest")
+        return {normalize_format(k): v for k, v in value.items()}
+
+    def for_format(self, dtype: str, fmt: str = "") -> KernelEfficiency:
+        """The block for kernels of weight format ``fmt`` running ``dtype`` MMAs (else this one)."""
+        if self.by_format:
+            for key in (normalize_format(fmt), normalize_dtype(dtype)):
+                if key and key in self.by_format:
+                    return self.by_format[key]
+        return self
 
     @field_validator("compute_efficiency_by_dtype")
     @classmethod
@@ -101,7 +153,22 @@ class KernelEfficiency(BaseModel):
 
     def compute_eff(self, dtype: str) -> float:
         """Achievable fraction of peak for ``dtype`` (per-dtype override, else the default)."""
-        return self.compute_efficiency_by_dtype.get(normalize_dtype(dtype), self.compute_efficiency)
+        d = normalize_dtype(dtype)
+        if d in self.by_format:
+            return self.by_format[d].compute_efficiency
+        return self.compute_efficiency_by_dtype.get(d, self.compute_efficiency)
+
+
+KernelEfficiency.model_rebuild()
+
+
+def normalize_format(name: str) -> str:
+    """Canonical name of a compute dtype or weight format key (``fp8_block`` -> ``fp8-block``)."""
+    text = str(name).strip()
+    if not text:
+        return ""
+    d = normalize_dtype(text).replace("_", "-")
+    return "fp8" if d in ("fp8-e4m3", "fp8-e4m3fn") else d
 
 
 class CollectiveEfficiency(BaseModel):
