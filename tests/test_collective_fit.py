@@ -444,3 +444,25 @@ def test_reader_units_and_relabelled_copy():
     assert prov["versions"]["nccl_perf"] == "2.26.2"  # the system's misc.nccl_version
     with pytest.raises(MoesimError, match="framework"):
         comm_rows("h200_sxm", "tensorrt")
+
+
+def test_deepep_rows_of_two_engines_are_refused():
+    df = pd.read_csv(DATA / "h200_sxm.csv.gz", low_memory=False)
+    rows = usable_rows(df[df["kernel_class"].str.startswith("ep_")].reset_index(drop=True))
+    with pytest.raises(MoesimError, match="several engines"):
+        CollectiveCalibrator(base="h200").fit(rows)
+
+
+def test_reader_refuses_a_table_without_its_columns(tmp_path):
+    pytest.importorskip("pyarrow")
+    from moesim.calibrate.aic_comm import comm_rows
+
+    folder = tmp_path / "x_sxm" / "comm" / "nccl" / "2.0"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"op_name": ["all_reduce"], "num_gpus": [8]}).to_parquet(
+        folder / "nccl_perf.parquet"
+    )
+    with pytest.raises(MoesimError, match="missing column"):
+        comm_rows("x_sxm", "trtllm", root=tmp_path)
+    with pytest.raises(MoesimError, match="unknown aiconfigurator system"):
+        comm_rows("y_sxm", "trtllm", root=tmp_path)

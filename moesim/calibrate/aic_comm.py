@@ -57,6 +57,18 @@ DEEPEP_SMS = (0, 20)
 # 0.12.0: h200_sxm sglang/0.5.6.post2 wideep_deepep_{ll,normal}_perf equal the h100_sxm tables
 # value for value (1, 2, 4 and 8 nodes), their `device` column relabelled to H200.
 RELABELLED_FROM = {"h200_sxm": ("h100_sxm",)}
+# Columns each table must have (aiconfigurator-core 0.12.0 layouts).
+REQUIRED_COLUMNS = {
+    "nccl_perf": ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency"),
+    "custom_allreduce_perf": ("allreduce_dtype", "num_gpus", "message_size", "latency"),
+    "moe_a2a_perf": ("comm_backend", "phase", "comm_dtype", "ep_size", "node_num", "hidden_size",
+                     "topk", "num_experts", "num_tokens", "latency"),
+    "wideep_deepep_ll_perf": ("node_num", "hidden_size", "num_token", "num_topk", "num_experts",
+                              "dispatch_avg_t_us", "combine_avg_t_us"),
+    "wideep_deepep_normal_perf": ("node_num", "hidden_size", "num_token", "num_topk",
+                                  "num_experts", "dispatch_sms", "combine_sms",
+                                  "dispatch_transmit_us", "combine_transmit_us"),
+}  # fmt: skip
 TIMING = "cuda_graph"
 US, MS = 1e-6, 1e-3
 
@@ -132,6 +144,9 @@ class _Reader:
             raise MoesimError(f"reading {path} needs pyarrow ({exc})") from None
         except Exception as exc:  # noqa: BLE001
             raise MoesimError(f"{path}: not a readable parquet table ({exc})") from None
+        missing = [c for c in REQUIRED_COLUMNS.get(table, ()) if c not in df.columns]
+        if missing:
+            raise MoesimError(f"{path}: missing column(s) {', '.join(missing)}")
         entry = {"path": str(rel), "table": table, "folder": folder, "version": version,
                  "rows_read": len(df)}  # fmt: skip
         copy_of = self._copy_of(rel, df)

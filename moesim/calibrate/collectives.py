@@ -257,6 +257,14 @@ class CollectiveCalibrator:
             record("custom_allreduce", str(impl), int(n), None, fit, len(g))
         # DeepEP dispatch / combine: t0 + bytes over the slowest level / BW
         ep_rows = train[kinds.isin(["ep_dispatch", "ep_combine"]).to_numpy()].reset_index(drop=True)
+        engines = sorted(set(ep_rows["framework"].dropna().astype(str))) if (
+            "framework" in ep_rows.columns
+        ) else []  # fmt: skip
+        if len(engines) > 1:
+            raise MoesimError(
+                f"DeepEP rows of several engines ({', '.join(engines)}) cannot share one "
+                "(impl, EP size, phase) fit; calibrate one engine's rows at a time"
+            )
         if len(ep_rows):
             intra, inter = deepep_row_bytes(ep_rows, dom)
             ep_rows = ep_rows.assign(
