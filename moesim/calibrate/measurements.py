@@ -34,6 +34,10 @@ FIT_CLASS_OF = {
     "permute": "memory",
     "allreduce": "collectives",
     "alltoall": "collectives",
+    "allgather": "collectives",
+    "reducescatter": "collectives",
+    "ep_dispatch": "collectives",
+    "ep_combine": "collectives",
 }
 REQUIRED_COLUMNS = ("kernel_class", "shape_key", "median_s")
 # Preference order of the MoE implementations a grouped_gemm block represents: the fused Triton

@@ -240,21 +240,138 @@ def collective_bytes(df: pd.DataFrame, domain_size: int) -> tuple[np.ndarray, np
     return np.where(given, intra, sent * (1.0 - frac_out)), np.where(given, inter, sent * frac_out)
 
 
+COLLECTIVE_CLASSES = (
+    "allreduce", "allgather", "reducescatter", "alltoall", "ep_dispatch", "ep_combine",
+)  # fmt: skip
+# Engines whose own all-reduce kernel a row's impl may name (custom_allreduce_perf rows).
+ENGINE_ALLREDUCE_IMPLS = ("trtllm", "vllm", "sglang")
+
+
+def deepep_row_bytes(df: pd.DataFrame, domain_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(intra, inter) bytes one GPU sends in each DeepEP dispatch / combine row: tokens (per rank)
+    x copies per token (:func:`moesim.cost.fitted_comm.deepep_copies`, uniform routing) x the
+    payload of one token (dispatch in the row's ``comm_dtype``, combine in bf16)."""
+    from moesim.cost import fitted_comm
+
+    n = len(df)
+    intra, inter = np.zeros(n), np.zeros(n)
+    ep = _col(df, "ep_size", np.nan)
+    ep = np.where(np.isfinite(ep), ep, _col(df, "world_size", 1.0))
+    nodes = _col(df, "nodes", np.nan)
+    domain = np.where(np.isfinite(nodes) & (nodes > 0), ep / np.maximum(nodes, 1.0), domain_size)
+    tokens, hidden = _col(df, "tokens"), _col(df, "hidden")
+    top_k, experts = _col(df, "top_k"), _col(df, "global_experts")
+    impls = df["impl"].astype(str).to_numpy()
+    kinds = df["kernel_class"].astype(str).to_numpy()
+    dtypes = (
+        df["comm_dtype"].astype(str).map(normalize_dtype).to_numpy()
+        if "comm_dtype" in df.columns
+        else np.full(n, "bf16")
+    )
+    dtypes = np.where(kinds == "ep_combine", "bf16", dtypes)
+    for impl in set(impls):
+        for dt in set(dtypes):
+            sel = (impls == impl) & (dtypes == dt)
+            if not sel.any():
+                continue
+            if dt not in fitted_comm.PAYLOAD_BYTES_PER_CHANNEL:
+                raise MoesimError(f"no DeepEP payload size for comm_dtype {dt!r}")
+            a, b = fitted_comm.deepep_copies(impl, top_k[sel], experts[sel], ep[sel], domain[sel])
+            per = tokens[sel] * fitted_comm.deepep_payload_bytes(dt, hidden[sel])
+            intra[sel], inter[sel] = a * per, b * per
+    return intra, inter
+
+
+def deepep_row_keys(df: pd.DataFrame) -> np.ndarray:
+    """Profile key (``dispatch_fp8``, ``combine_bf16``, ...) of each DeepEP row."""
+    from moesim.cost.fitted_comm import deepep_phase_key
+
+    kinds = df["kernel_class"].astype(str).to_numpy()
+    dtypes = (
+        df["comm_dtype"].astype(str).map(normalize_dtype).to_numpy()
+        if "comm_dtype" in df.columns
+        else np.full(len(df), "bf16")
+    )
+    return np.array([
+        deepep_phase_key(k.removeprefix("ep_"), "bf16" if k == "ep_combine" else d)
+        for k, d in zip(kinds, dtypes, strict=True)
+    ])  # fmt: skip
+
+
 def predict_collective_rows(hw, df: pd.DataFrame, collectives=None) -> np.ndarray:
-    """Predicted seconds of all-reduce / all-to-all rows with the profile's α-β network."""
+    """Predicted seconds of collective rows with the profile's network terms.
+
+    Without a fitted block (``efficiency.collectives.fitted``) every row is priced by the
+    two-level α-β model of :mod:`moesim.cost.comm` (all-gather / reduce-scatter by
+    :func:`~moesim.cost.comm.allgather_time_s`, DeepEP rows by
+    :func:`~moesim.cost.comm.alltoall_time_s` of their bytes). With it, rows whose collective
+    and group size the block covers are priced by :mod:`moesim.cost.fitted_comm` instead: NCCL
+    rows by the fitted NCCL terms, an engine's custom all-reduce rows by its fitted curve,
+    DeepEP rows by their (impl, EP size, phase) terms.
+    """
+    from moesim.cost import fitted_comm
+
     if collectives is not None:
         hw = hw.with_efficiency(hw.efficiency.model_copy(update={"collectives": collectives}))
     net = comm.Network.from_hardware(hw)
+    fitted = net.fitted
     kinds = df["kernel_class"].astype(str).to_numpy()
+    impls = df["impl"].astype(str).to_numpy() if "impl" in df.columns else np.full(len(df), "")
     out = np.full(len(df), np.nan)
     ar = kinds == "allreduce"
     if ar.any():
         part = df[ar]
-        out[ar] = comm.allreduce_time_s(_col(part, "message_bytes"), _col(part, "world_size"), net)
+        size, n = _col(part, "message_bytes"), _col(part, "world_size")
+        t = comm.allreduce_time_s(size, n, net)
+        if fitted is not None:
+            f = fitted_comm.nccl_time_s(fitted, "all_reduce", size, n)
+            engine = impls[ar]
+            for impl in set(engine) & set(fitted.custom_allreduce or {}):
+                sel = engine == impl
+                f[sel] = fitted_comm.custom_allreduce_time_s(fitted, impl, size[sel], n[sel])
+            f[np.isin(engine, ENGINE_ALLREDUCE_IMPLS) & ~np.isin(
+                engine, list(fitted.custom_allreduce or {})
+            )] = np.nan  # an engine's kernel with no fitted curve: not NCCL's  # fmt: skip
+            t = np.where(np.isfinite(f), f, t)
+        out[ar] = t
+    for cls in ("allgather", "reducescatter"):
+        sel = kinds == cls
+        if sel.any():
+            part = df[sel]
+            size, n = _col(part, "message_bytes"), _col(part, "world_size")
+            t = comm.allgather_time_s(size, n, net)
+            if fitted is not None:
+                f = fitted_comm.nccl_time_s(fitted, fitted_comm.NCCL_OP_OF_CLASS[cls], size, n)
+                t = np.where(np.isfinite(f), f, t)
+            out[sel] = t
     a2a = kinds == "alltoall"
     if a2a.any():
         intra, inter = collective_bytes(df[a2a], net.domain_size)
-        out[a2a] = comm.alltoall_time_s(intra, inter, net)
+        t = comm.alltoall_time_s(intra, inter, net)
+        if fitted is not None:
+            part = df[a2a]
+            f = fitted_comm.nccl_time_s(
+                fitted, "alltoall", _col(part, "message_bytes", 0.0), _col(part, "world_size", 1.0)
+            )
+            t = np.where(np.isfinite(f), f, t)
+        out[a2a] = t
+    ep = np.isin(kinds, ["ep_dispatch", "ep_combine"])
+    if ep.any():
+        part = df[ep]
+        intra, inter = deepep_row_bytes(part, net.domain_size)
+        t = comm.alltoall_time_s(intra, inter, net)
+        if fitted is not None:
+            ep_size = _col(part, "ep_size", np.nan)
+            ep_size = np.where(np.isfinite(ep_size), ep_size, _col(part, "world_size", 1.0))
+            keys, pimpl = deepep_row_keys(part), impls[ep]
+            f = np.full(len(part), np.nan)
+            for impl, key in set(zip(pimpl, keys, strict=True)):
+                sel = (pimpl == impl) & (keys == key)
+                f[sel] = fitted_comm.deepep_time_s(
+                    fitted, impl, key, intra[sel], inter[sel], ep_size[sel]
+                )
+            t = np.where(np.isfinite(f), f, t)
+        out[ep] = t
     return out
 
 
@@ -263,7 +380,7 @@ def predict_rows(hw, df: pd.DataFrame, efficiency=None) -> np.ndarray:
     out = np.full(len(df), np.nan)
     if df.empty:
         return out
-    is_coll = df["kernel_class"].isin(["allreduce", "alltoall"]).to_numpy()
+    is_coll = df["kernel_class"].isin(list(COLLECTIVE_CLASSES)).to_numpy()
     if (~is_coll).any():
         out[~is_coll] = predict_kernel_rows(hw, df[~is_coll], efficiency)
     if is_coll.any():

@@ -10,7 +10,7 @@ place TP/EP ranks. Bytes are per GPU, per direction; everything broadcasts over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,8 @@ class Network:
     host_bytes_per_s: float
     in_switch_reduction: bool
     in_switch_speedup: float
+    # efficiency.collectives.fitted (per-group-size terms, moesim.cost.fitted_comm); None = none
+    fitted: object = field(default=None, compare=False)
 
     @classmethod
     def from_hardware(cls, hw) -> Network:
@@ -41,6 +43,7 @@ class Network:
             host_bytes_per_s=hw.host_link_bandwidth_bytes_per_s * c.host_link_efficiency,
             in_switch_reduction=bool(hw.scaleup_in_switch_reduction),
             in_switch_speedup=float(getattr(c, "allreduce_in_switch_speedup", 1.0)),
+            fitted=getattr(c, "fitted", None),
         )
 
 
@@ -70,6 +73,22 @@ def allreduce_time_s(message_bytes, group_size, net: Network) -> np.ndarray:
         intra_bytes = intra_bytes / max(net.in_switch_speedup, 1.0)
     intra = np.where(d > 1, net.scaleup_latency_s + intra_bytes / net.scaleup_bytes_per_s, 0.0)
     inter_bytes = 2.0 * (m - 1.0) / np.maximum(m, 1.0) * size / np.maximum(d, 1.0)
+    inter = np.where(m > 1, net.scaleout_latency_s + inter_bytes / net.scaleout_bytes_per_s, 0.0)
+    return np.where((n > 1) & (size > 0), intra + inter, 0.0)
+
+
+def allgather_time_s(message_bytes, group_size, net: Network) -> np.ndarray:
+    """All-gather (or reduce-scatter) of a ``message_bytes`` whole buffer over ``group_size``
+    GPUs: one half of the ring all-reduce, (n-1)/n of the buffer per GPU (Thakur, Rabenseifner &
+    Gropp, IJHPCA 2005); across domains hierarchical as :func:`allreduce_time_s`:
+    t = intra((D-1)/D * S) + inter((m-1)/m * S/D), both alpha-beta."""
+    size = np.asarray(message_bytes, dtype=float)
+    n = np.asarray(group_size, dtype=float)
+    d = np.minimum(n, net.domain_size)
+    m = domains_spanned(n, net.domain_size)
+    intra_bytes = (d - 1.0) / np.maximum(d, 1.0) * size
+    intra = np.where(d > 1, net.scaleup_latency_s + intra_bytes / net.scaleup_bytes_per_s, 0.0)
+    inter_bytes = (m - 1.0) / np.maximum(m, 1.0) * size / np.maximum(d, 1.0)
     inter = np.where(m > 1, net.scaleout_latency_s + inter_bytes / net.scaleout_bytes_per_s, 0.0)
     return np.where((n > 1) & (size > 0), intra + inter, 0.0)
 

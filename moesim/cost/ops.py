@@ -53,6 +53,7 @@ class Op:
     intra_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     inter_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     crosses_domain: np.ndarray = field(default_factory=lambda: np.asarray(False))
+    impl: str = ""  # the kernel a collective runs (EP all-to-all: deepep_ll | deepep_normal)
     per_stage: bool = True  # False: runs once per step (embedding, LM head), not on every stage
     launches: float = (
         1.0  # kernels the operator takes in a serving engine (each pays the launch cost)
@@ -490,16 +491,23 @@ def _moe_ops(
         intra_per_token, inter_per_token = _dispatch_destinations(
             s.tokens_stage, k, E, np.where(ep_ok, ep, 1.0), remote, dom, routing, redundant, phase
         )
-        for name, per_token in (("moe.dispatch", per_token_dispatch), ("moe.combine", h * ab)):
+        # decode runs DeepEP's low-latency kernels, prefill the normal ones (as counted above)
+        impl = "deepep_normal" if phase == "prefill" else "deepep_ll"
+        for name, per_token, wire in (
+            ("moe.dispatch", per_token_dispatch, layout.dispatch_dtype),
+            ("moe.combine", h * ab, layout.act_dtype),
+        ):
             ops.append(
                 Op(
                     name,
                     "comm",
                     "alltoall",
                     np.asarray(count, dtype=float),
+                    dtype=wire,
                     intra_bytes=src_tokens * intra_per_token * per_token,
                     inter_bytes=src_tokens * inter_per_token * per_token,
                     group_size=ep,
+                    impl=impl,
                 )
             )
     return ops, stats

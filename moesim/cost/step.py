@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.cost import collectives_ext, comm, overlap, straggler
+from moesim.cost import collectives_ext, comm, fitted_comm, overlap, straggler
 from moesim.cost.ops import EAGER_HOST_LAUNCH_S, Op, graph_captured, step_ops
 from moesim.cost.roofline import RooflineParams, floor_s, op_time_s
 from moesim.spec.deployment import Layout
+from moesim.spec.hardware import normalize_dtype
 
 
 @dataclass
@@ -66,7 +67,8 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
     for op in ops:
         count = op.count
         if op.is_comm:
-            t, f = _comm_time(op, net), _comm_time(op, line, floor=True)
+            t = _comm_time(op, net, framework=layout.framework)
+            f = _comm_time(op, line, floor=True)
             b = np.asarray("comm")
             flops = np.asarray(0.0)
             hbm = np.asarray(0.0)
@@ -109,14 +111,36 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
     return out
 
 
-def _comm_time(op: Op, net: comm.Network, floor: bool = False) -> np.ndarray:
+def _comm_time(
+    op: Op, net: comm.Network, floor: bool = False, framework: str | None = None
+) -> np.ndarray:
+    """Time of one communication op. With fitted per-group-size terms in the profile
+    (``net.fitted``, :mod:`moesim.cost.fitted_comm`) the all-reduce and the DeepEP all-to-all
+    use them where they cover the group size (EP size, phase, payload dtype); everywhere else,
+    and always without them, the two-level model."""
+    fitted = None if floor else net.fitted
     if op.kernel_class == "allreduce":
         if floor:  # line rate, no latency: the datasheet floor
             return comm.allreduce_time_s(op.message_bytes, op.group_size, net)
         # NCCL's protocol choice per message size, or the engine's one-shot kernel
-        return collectives_ext.allreduce_time_s(op.message_bytes, op.group_size, net)
+        t = collectives_ext.allreduce_time_s(op.message_bytes, op.group_size, net)
+        if fitted is not None:
+            generic = collectives_ext.custom_allreduce_time_s(op.message_bytes, op.group_size, net)
+            f = fitted_comm.engine_allreduce_time_s(
+                fitted, op.message_bytes, op.group_size, framework, generic_custom=generic
+            )
+            t = np.where(np.isfinite(f), f, t)
+        return t
     if op.kernel_class == "alltoall":
-        return comm.alltoall_time_s(op.intra_bytes, op.inter_bytes, net)
+        t = comm.alltoall_time_s(op.intra_bytes, op.inter_bytes, net)
+        if fitted is not None and op.impl:
+            phase = op.name.rsplit(".", 1)[-1]  # moe.dispatch | moe.combine
+            key = fitted_comm.deepep_phase_key(phase, normalize_dtype(op.dtype))
+            f = fitted_comm.deepep_time_s(
+                fitted, op.impl, key, op.intra_bytes, op.inter_bytes, op.group_size
+            )
+            t = np.where(np.isfinite(f), f, t)
+        return t
     if op.kernel_class == "p2p":
         return comm.p2p_time_s(op.message_bytes, op.crosses_domain, net)
     return comm.host_transfer_time_s(op.message_bytes, net)

@@ -171,6 +171,106 @@ def normalize_format(name: str) -> str:
     return "fp8" if d in ("fp8-e4m3", "fp8-e4m3fn") else d
 
 
+# Fitted collective terms (:class:`FittedCollectives`): names the tables may use, and the
+# physical ranges a fitted α (s) and bandwidth (B/s) must lie in.
+NCCL_OPS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
+NCCL_PROTOCOLS = ("ll", "ll128", "simple", "nvls")  # NCCL src/graph/tuning.cc; nvls: all_reduce
+CUSTOM_AR_REGIMES = ("oneshot", "twoshot", "nccl", "nvls")
+DEEPEP_IMPLS = ("deepep_ll", "deepep_normal")
+DEEPEP_PHASES = ("dispatch_bf16", "dispatch_fp8", "dispatch_fp4", "combine_bf16")
+FITTED_ALPHA_RANGE_S = (0.0, 1e-2)
+FITTED_BANDWIDTH_RANGE = (1e6, 1e15)
+
+
+def _check_terms(value: Any, what: str, first: tuple[str, ...] | None, last: dict) -> dict:
+    """{first-key: {group size: {regime: [alpha_s, bytes_per_s]}}} with known names, integer
+    group sizes >= 2 and finite terms in range; keys normalised to str."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a mapping")
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for key, by_n in value.items():
+        key = str(key)
+        if first is not None and key not in first:
+            raise ValueError(f"{what}: unknown name {key!r}; known: {', '.join(first)}")
+        allowed = last.get(key, last.get("*", ()))
+        if not isinstance(by_n, dict):
+            raise ValueError(f"{what}.{key}: expected a mapping of group size to terms")
+        out[key] = {}
+        for n, regimes in by_n.items():
+            if isinstance(n, bool) or not str(n).isdigit() or int(n) < 2:
+                raise ValueError(f"{what}.{key}: group size {n!r} is not an integer >= 2")
+            if not isinstance(regimes, dict) or not regimes:
+                raise ValueError(f"{what}.{key}.{n}: expected a non-empty mapping of terms")
+            terms = {}
+            for name, pair in regimes.items():
+                if str(name) not in allowed:
+                    raise ValueError(
+                        f"{what}.{key}.{n}: unknown regime {name!r}; known: {', '.join(allowed)}"
+                    )
+                ok = isinstance(pair, (list, tuple)) and len(pair) == 2
+                vals = [float(v) for v in pair] if ok else []
+                lo_a, hi_a = FITTED_ALPHA_RANGE_S
+                lo_b, hi_b = FITTED_BANDWIDTH_RANGE
+                if not (
+                    ok
+                    and all(math.isfinite(v) for v in vals)
+                    and lo_a <= vals[0] <= hi_a
+                    and lo_b <= vals[1] <= hi_b
+                ):
+                    raise ValueError(
+                        f"{what}.{key}.{n}.{name}: expected [alpha_s in [0, 0.01], bytes_per_s "
+                        f"in [1e6, 1e15]], got {pair!r}"
+                    )
+                terms[str(name)] = vals
+            out[key][str(int(n))] = terms
+    return out
+
+
+class FittedCollectives(BaseModel):
+    """Collective α-β terms fitted per group size to measured tables (``moesim calibrate``).
+
+    Every entry is ``[alpha_s, bytes_per_s]`` of one regime: t = alpha + bytes / bandwidth,
+    with the bytes of the regime's bus factor (:mod:`moesim.cost.fitted_comm`), and the time of
+    a call is the minimum over the regimes of its group size (NCCL's tuner runs the fastest
+    protocol; NCCL ``src/graph/tuning.cc``).
+
+    - ``nccl``: op (all_reduce | all_gather | reduce_scatter | alltoall) -> group size ->
+      protocol (ll | ll128 | simple | nvls) -> [alpha_s, bus bytes/s];
+    - ``custom_allreduce``: engine (trtllm | vllm | sglang) -> group size -> regime
+      (oneshot | twoshot | nccl | nvls) -> [alpha_s, bytes/s];
+    - ``deepep``: deepep_ll | deepep_normal -> EP size -> dispatch_<dtype> | combine_bf16 ->
+      [t0_s, bytes/s] of the bytes crossing the slowest level.
+
+    Absent (the default): the two-level model of :class:`CollectiveEfficiency` prices everything.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = ""
+    # groups ("deepep.deepep_ll.8.dispatch_fp8") whose fitted bandwidth sits on the line rate:
+    # the data asked for more than the link carries, the terms are clamped to it
+    at_line_rate: list[str] = []
+    nccl: dict[str, dict[str, dict[str, list[float]]]] = {}
+    custom_allreduce: dict[str, dict[str, dict[str, list[float]]]] = {}
+    deepep: dict[str, dict[str, dict[str, list[float]]]] = {}
+
+    @field_validator("nccl", mode="before")
+    @classmethod
+    def _check_nccl(cls, value: Any) -> dict:
+        nvls = {op: NCCL_PROTOCOLS if op == "all_reduce" else NCCL_PROTOCOLS[:3] for op in NCCL_OPS}
+        return _check_terms(value, "nccl", NCCL_OPS, nvls)
+
+    @field_validator("custom_allreduce", mode="before")
+    @classmethod
+    def _check_custom(cls, value: Any) -> dict:
+        return _check_terms(value, "custom_allreduce", None, {"*": CUSTOM_AR_REGIMES})
+
+    @field_validator("deepep", mode="before")
+    @classmethod
+    def _check_deepep(cls, value: Any) -> dict:
+        return _check_terms(value, "deepep", DEEPEP_IMPLS, {"*": DEEPEP_PHASES})
+
+
 class CollectiveEfficiency(BaseModel):
     """α-β terms of the two network levels and the host link."""
 
@@ -183,6 +283,8 @@ class CollectiveEfficiency(BaseModel):
     host_link_efficiency: float = Field(0.8, gt=0, le=1)
     # all-reduce busBW with in-switch reduction (NVLS) over busBW without; 1.0 = no gain.
     allreduce_in_switch_speedup: float = Field(1.0, ge=1)
+    # Per-group-size, per-protocol terms fitted to measured tables; None = the terms above.
+    fitted: FittedCollectives | None = None
 
 
 class Efficiency(BaseModel):
@@ -371,7 +473,9 @@ def _efficiency_yaml(eff: Efficiency) -> dict[str, Any]:
     for block in (*KERNEL_CLASSES, "collectives"):
         values = getattr(eff, block).model_dump()
         out[block] = {
-            yaml_key(k): _human_value(k, v) for k, v in values.items() if v != {} or k == "source"
+            yaml_key(k): _human_value(k, v)
+            for k, v in values.items()
+            if (v != {} and v is not None) or k == "source"
         }
     if eff.fit_report:
         out["fit_report"] = _plain(eff.fit_report)
