@@ -242,7 +242,9 @@ def run_cross_check(
         return
     from rich.table import Table
 
-    table = Table(title=f"{directory} against {report['theirs']}", title_justify="left")
+    theirs = report["theirs"]
+    what = f"{theirs['system']}/{theirs['framework']}" if "system" in theirs else str(rows)
+    table = Table(title=f"{directory} against aiconfigurator {what}", title_justify="left")
     for col in ("class", "impl (timing)", "n", "median |ours-theirs|/theirs", "max", "ours/theirs"):
         table.add_column(col, justify="left" if col in ("class", "impl (timing)") else "right")
     for cls, entry in report["classes"].items():
