@@ -481,3 +481,12 @@ def test_calibrate_from_rows_writes_a_loadable_profile(capsys, tmp_path):
     assert set(report["aiconfigurator"]["heldout"]["check_against_profile"].values()) == {
         "same split as the fit"
     }
+
+
+def test_validate_notes_a_profile_fitted_on_another_moe_kernel(capsys):
+    rc, out, err = cli(capsys, "validate", "--from", "aiconfigurator", "--rows",
+                       str(SUBSET["h200_sxm"]), "--profile", "h200.measured", "--json")  # fmt: skip
+    assert rc == 0, err
+    report = json.loads(out)
+    assert "grouped_gemm" not in report["classes"]
+    assert "represents triton" in report["skipped"]["grouped_gemm"]

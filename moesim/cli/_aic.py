@@ -179,6 +179,13 @@ def run_validate(
             mask |= k
         frame = frame[mask]
     frame = frame[frame["kernel_class"].isin(priced)]
+    grouped = ((report_meta.get("classes") or {}).get("grouped_gemm") or {}).get("impl")
+    moe = frame["fit_class"] == "grouped_gemm"
+    if grouped and grouped != "all" and moe.any() and not (frame.loc[moe, "impl"] == grouped).any():
+        skipped["grouped_gemm"] = (
+            f"{int(moe.sum())} rows of {', '.join(sorted(set(frame.loc[moe, 'impl'])))}: the "
+            f"profile's grouped_gemm block represents {grouped}"
+        )
     if frame.empty:
         raise MoesimError("no imported row the model can price to validate")
     report = validate(frame, hw, heldout_only=False)
