@@ -10,6 +10,7 @@ errors and the held-out shape_keys (so ``moesim validate --heldout-only`` reprod
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ class Calibration:
         (``run.json`` / ``telemetry.json``), else a generic base from the measured envelope.
     heldout_fraction, seed : as :class:`KernelCalibrator`.
     classes : the calibration blocks to fit (default: every one with measurements).
+    heldout_keys : {class: shape_keys} | None
+        Held-out shapes chosen by the caller for kernel classes (see :class:`KernelCalibrator`);
+        classes not in it use the rule on the rows given.
+    progress : callable(class, event, seconds) | None
+        Called with ``"start"`` before and ``"done"`` after each class is fitted.
 
     Attributes (after ``fit``): ``calibrators_`` {class: fitted calibrator}, ``skipped_``
     {class: reason}, ``hardware_`` (the base profile), ``meta_`` (run.json / telemetry.json),
@@ -59,11 +65,15 @@ class Calibration:
         heldout_fraction: float = 0.2,
         seed: int = 0,
         classes: tuple[str, ...] | None = None,
+        heldout_keys: dict[str, Any] | None = None,
+        progress=None,
     ):
         self.base_profile = base_profile
         self.heldout_fraction = heldout_fraction
         self.seed = seed
         self.classes = classes
+        self.heldout_keys = heldout_keys
+        self.progress = progress
 
     def fit(self, dir_or_frames, meta: dict[str, Any] | None = None) -> Calibration:
         """Fit on a measurement directory, one frame, or a {name: frame} mapping."""
@@ -97,6 +107,9 @@ class Calibration:
             if cls not in present:
                 self.skipped_[cls] = "not measured"
                 continue
+            started = time.perf_counter()
+            if self.progress is not None:
+                self.progress(cls, "start", 0.0)
             if cls == "collectives":
                 cal = CollectiveCalibrator(self.heldout_fraction, self.seed, base=self.hardware_)
                 try:
@@ -106,9 +119,15 @@ class Calibration:
                     continue
             else:
                 cal = KernelCalibrator(
-                    cls, self.heldout_fraction, self.seed, base=self.hardware_
+                    cls,
+                    self.heldout_fraction,
+                    self.seed,
+                    base=self.hardware_,
+                    heldout_keys=(self.heldout_keys or {}).get(cls),
                 ).fit(df, self.meta_)
             self.calibrators_[cls] = cal
+            if self.progress is not None:
+                self.progress(cls, "done", time.perf_counter() - started)
         unknown = sorted(present - set(FIT_CLASSES) - {"layer"})
         if unknown:
             self.skipped_["unknown"] = (

@@ -65,6 +65,10 @@ class KernelCalibrator:
         Candidate tile sizes (both dimensions) for GEMM-like classes.
     fit_ridge : bool
         Fit the ridge sharpness (else keep the base value).
+    heldout_keys : iterable of str | None
+        The held-out shape_keys, chosen by the caller (the rule of :func:`heldout_shapes` applied
+        to a larger population, of which ``measurements`` may be a training subsample plus every
+        held-out row). None: the rule is applied to the rows given.
 
     Attributes (after ``fit``)
     --------------------------
@@ -85,6 +89,7 @@ class KernelCalibrator:
         impl: str | None = None,
         tile_grid: tuple[int, ...] = TILE_GRID,
         fit_ridge: bool = True,
+        heldout_keys=None,
     ):
         self.kernel_class = kernel_class
         self.heldout_fraction = heldout_fraction
@@ -93,6 +98,7 @@ class KernelCalibrator:
         self.impl = impl
         self.tile_grid = tile_grid
         self.fit_ridge = fit_ridge
+        self.heldout_keys = heldout_keys
 
     # ------------------------------------------------------------------ fit
     def fit(self, measurements: pd.DataFrame, meta: dict | None = None) -> KernelCalibrator:
@@ -120,7 +126,11 @@ class KernelCalibrator:
         df = df[~empty].reset_index(drop=True)
         if df.empty:
             raise MoesimError(f"no {self.kernel_class} measurement the model prices above zero")
-        self.heldout_shapes_ = heldout_shapes(df["shape_key"], self.heldout_fraction, self.seed)
+        if self.heldout_keys is not None:
+            present = set(df["shape_key"].astype(str))
+            self.heldout_shapes_ = sorted(present & {str(k) for k in self.heldout_keys})
+        else:
+            self.heldout_shapes_ = heldout_shapes(df["shape_key"], self.heldout_fraction, self.seed)
         held = df["shape_key"].isin(self.heldout_shapes_).to_numpy()
         train, test = df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
         self.n_train_, self.n_heldout_ = len(train), len(test)

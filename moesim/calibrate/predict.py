@@ -176,10 +176,14 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
         paths = (
             df["impl_path"].astype(str) if "impl_path" in df.columns else pd.Series([""] * len(df))
         )
-        launches = np.array([
-            float(kernel_cost.moe_launches(i, p, a))
-            for i, p, a in zip(df["impl"].astype(str), paths, realised["n_active_experts"], strict=True)
-        ])  # fmt: skip
+        # moe_launches is affine in the active experts per (impl, path): one call per pair.
+        impls = df["impl"].astype(str).to_numpy()
+        paths = np.asarray(paths, dtype=str)
+        active = np.broadcast_to(np.asarray(realised["n_active_experts"], float), (len(df),))
+        launches = np.empty(len(df))
+        for i, p in set(zip(impls, paths, strict=True)):
+            sel = (impls == i) & (paths == p)
+            launches[sel] = kernel_cost.moe_launches(i, p, active[sel])
     return kernel_cost.moe_cost(
         hw, tokens, experts, top_k, _col(df, "hidden"), _col(df, "intermediate"), dtype,
         realised=realised | {"assignments": tokens * top_k}, gated=gated, launches=launches,

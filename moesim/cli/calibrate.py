@@ -21,13 +21,29 @@ CALIBRATE_HELP = (
     "bandwidth, launch overhead, tile quantisation and ridge sharpness; collectives get α-β terms. "
     "A fixed fraction of shapes is held out and the error on them reported.\n\n"
     "Example: moesim calibrate hwprofiles/measurements/h100-sxm --out hwprofiles/h100-sxm.measured.yaml\n\n"
-    "Published figures instead of a directory: moesim calibrate --published h800 --out hwprofiles/h800.published.yaml"
+    "Published figures instead of a directory: moesim calibrate --published h800 --out hwprofiles/h800.published.yaml\n\n"
+    "AIConfigurator's measured kernel tables (pip install 'moesim[aic]'): moesim calibrate --from aiconfigurator "
+    "--system h100_sxm --framework trtllm --out hwprofiles/h100-sxm.trtllm.yaml"
 )
 VALIDATE_HELP = (
     "Compare a profile's predictions with a measurement directory: error per kernel class, "
     "overall, the worst shapes, and (with layer.csv) whole decoder layers.\n\n"
-    "Example: moesim validate hwprofiles/measurements/h100-sxm --profile hwprofiles/h100-sxm.measured.yaml --heldout-only"
+    "Example: moesim validate hwprofiles/measurements/h100-sxm --profile hwprofiles/h100-sxm.measured.yaml --heldout-only\n\n"
+    "AIConfigurator's tables: moesim validate --from aiconfigurator --system h100_sxm --framework trtllm "
+    "--profile h100-sxm.trtllm --heldout-only; our measurements against them: moesim validate "
+    "hwprofiles/measurements/h200 --against aiconfigurator --system h200_sxm --framework trtllm"
 )
+
+_FROM_HELP = "Import measured kernel tables instead of a directory: 'aiconfigurator' (the aiconfigurator-core wheel)."
+_SYSTEM_HELP = (
+    "AIConfigurator system (h100_sxm, h200_sxm, a100_sxm, b200_sxm, l40s, h100_pcie, ...)."
+)
+_FRAMEWORK_HELP = "AIConfigurator framework whose tables to read: trtllm, vllm or sglang."
+_AIC_VERSION_HELP = (
+    "Version folder to read (default: per table the newest holding it): one version for the "
+    "framework's op groups, or per group, e.g. 'moe=1.3.0rc20,nccl=2.27.3' (gemm, moe, attention, comm, nccl)."
+)
+_ROWS_HELP = "Converted rows CSV (.csv or .csv.gz, e.g. tests/data/aic/h100_sxm_trtllm.csv.gz) instead of the installed wheel."
 
 
 def _pct(x) -> str:
@@ -52,21 +68,63 @@ def calibrate(
         help="Fit published kernel figures of this GPU (h800) instead of a directory.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the fit report as JSON."),
+    source: str | None = typer.Option(None, "--from", help=_FROM_HELP),
+    system: str | None = typer.Option(None, "--system", help=_SYSTEM_HELP),
+    framework: str = typer.Option("trtllm", "--framework", help=_FRAMEWORK_HELP),
+    aic_version: str | None = typer.Option(None, "--version", help=_AIC_VERSION_HELP),
+    rows: Path | None = typer.Option(None, "--rows", help=_ROWS_HELP),
+    max_rows_per_class: int = typer.Option(
+        20000,
+        "--max-rows-per-class",
+        min=0,
+        help="With --from: fit each kernel class on at most this many training rows (a "
+        "deterministic sample by shape hash; every held-out shape is still scored; 0: all).",
+    ),
 ) -> None:
     from moesim.calibrate import Calibration, calibrate_published
     from moesim.errors import MoesimError
 
+    given = [what for what, v in (("a measurement directory", directory),
+             ("--published", published), ("--from", source)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise MoesimError(
+            f"give one of a measurement directory, --published or --from, not {' and '.join(given)}"
+        )
+    if source is not None:
+        from moesim.cli._aic import check_source, run_calibrate
+
+        check_source(source)
+        return run_calibrate(out, system, framework, aic_version, rows, base, heldout_fraction,
+                             seed, max_rows_per_class, as_json)  # fmt: skip
+    if rows is not None or system is not None or aic_version is not None:
+        raise MoesimError("--system, --version and --rows go with --from aiconfigurator")
     if published:
-        if directory is not None:
-            raise MoesimError("give a measurement directory or --published, not both")
         cal, profile = calibrate_published(published, heldout_fraction=heldout_fraction, seed=seed)
     else:
         if directory is None:
-            raise MoesimError("missing measurement directory (or --published GPU)")
+            raise MoesimError(
+                "missing measurement directory (or --published GPU, or --from aiconfigurator)"
+            )
         cal = Calibration(base, heldout_fraction=heldout_fraction, seed=seed).fit(directory)
         profile = cal.to_profile(name=out.name.removesuffix(".yaml"))
-    path = profile.save_yaml(out)
+    path = save_profile(profile, out)
     _print_fit(cal, profile, path, as_json)
+
+
+def save_profile(profile, out: Path) -> Path:
+    """Write ``profile`` as YAML through a temporary file and a rename (never half a file)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    from moesim.outdir import atomic_write_text
+
+    yaml = YAML(typ="rt")
+    yaml.default_flow_style = False
+    yaml.width = 4096
+    buf = io.StringIO()
+    yaml.dump(profile.to_yaml_dict(), buf)
+    return atomic_write_text(out, buf.getvalue())
 
 
 def _print_fit(cal, profile, path: Path, as_json: bool) -> None:
@@ -142,7 +200,46 @@ def validate(
         "--chart",
         help="Write roofline and predicted-vs-measured charts to PATH_STEM.{html,svg,png}.",
     ),
+    source: str | None = typer.Option(
+        None, "--from", help="Score AIConfigurator's measured kernel tables: 'aiconfigurator'."
+    ),
+    against: str | None = typer.Option(
+        None,
+        "--against",
+        help="Compare the measurement directory with another measurement of the same GPU, shape "
+        "by shape: 'aiconfigurator' (no profile involved).",
+    ),
+    system: str | None = typer.Option(None, "--system", help=_SYSTEM_HELP),
+    framework: str = typer.Option("trtllm", "--framework", help=_FRAMEWORK_HELP),
+    aic_version: str | None = typer.Option(None, "--version", help=_AIC_VERSION_HELP),
+    rows: Path | None = typer.Option(None, "--rows", help=_ROWS_HELP),
 ) -> None:
+    from moesim.errors import MoesimError
+
+    if source is not None or against is not None:
+        from moesim.cli import _aic
+
+        if source is not None and against is not None:
+            raise MoesimError("give --from (score a profile) or --against (compare), not both")
+        if e2e is not None:
+            raise MoesimError("--e2e scores deployments; it does not go with --from / --against")
+        if against is not None:
+            _aic.check_source(against)
+            if directory is None:
+                raise MoesimError("--against needs the measurement directory to compare")
+            return _aic.run_cross_check(directory, system, framework, aic_version, rows, as_json)
+        _aic.check_source(source)
+        if directory is not None:
+            raise MoesimError("give a measurement directory or --from aiconfigurator, not both")
+        if profile is None:
+            raise MoesimError("validate --from aiconfigurator needs --profile")
+        return _aic.run_validate(
+            profile, system, framework, aic_version, rows, heldout_only, as_json
+        )
+    if rows is not None or system is not None or aic_version is not None:
+        raise MoesimError(
+            "--system, --version and --rows go with --from / --against aiconfigurator"
+        )
     if e2e is not None:
         from moesim.cli._e2e import run_e2e
 
@@ -150,7 +247,6 @@ def validate(
     from moesim.calibrate.validate import scored_rows
     from moesim.calibrate.validate import validate as run_validate
     from moesim.cli._common import print_json
-    from moesim.errors import MoesimError
     from moesim.spec.hardware import load_hardware
 
     if directory is None or profile is None:
