@@ -175,8 +175,8 @@ HW_MUTATIONS = {
     "5000_digits": lambda t: t.replace("num_sms: 132", "num_sms: 1" + "0" * 5000),
     "duplicate": lambda t: t.replace("l2_MB: 50", "l2_MB: 50\nl2_MB: 60"),
     "negative": lambda t: t.replace("num_sms: 132", "num_sms: -132"),
-    "string": lambda t: t.replace("hbm_capacity_GB: 80", "hbm_capacity_GB: lots"),
-    "missing": lambda t: t.replace("hbm_capacity_GB: 80\n", ""),
+    "string": lambda t: t.replace("hbm_capacity_GiB: 79.11", "hbm_capacity_GiB: lots"),
+    "missing": lambda t: t.replace("hbm_capacity_GiB: 79.11\n", ""),
     "tag": lambda t: t.replace("name: h100-sxm", "name: !!binary aGk="),
 }
 
@@ -339,7 +339,7 @@ def test_generated_scenarios_corpus(tmp_path, text):
 
 
 HW_NUMERIC = [
-    "bf16_dense_TFLOPS: 989.4", "hbm_bandwidth_TBps: 3.35", "hbm_capacity_GB: 80", "num_sms: 132",
+    "bf16_dense_TFLOPS: 989.4", "hbm_bandwidth_TBps: 3.35", "hbm_capacity_GiB: 79.11", "num_sms: 132",
     "l2_MB: 50", "scaleup_domain_size: 8", "scaleup_bandwidth_GBps: 450",
     "scaleout_bandwidth_GBps: 50", "host_link_bandwidth_GBps: 64", "host_memory_GB: 256",
     "gpus_per_node: 8", "tdp_W: 700", "scaleup_latency_us: 5", "scaleout_latency_us: 10",

@@ -65,8 +65,8 @@ def _runnable(cmd: str) -> str:
 COMMANDS = bash_commands()
 CASES = []
 for i, (tag, cmd) in enumerate(COMMANDS):
-    if tag == "ci:test":
-        continue  # the test command: .ci/run runs it
+    if tag == "ci:test" or _runnable(cmd).startswith("python -m pytest"):
+        continue  # the test suite itself (.ci/run runs it): never from inside the tests
     marks = {"slow": [pytest.mark.slow], "gpu": [pytest.mark.gpu]}.get(tag, [])
     words = _runnable(cmd).split()
     CASES.append(pytest.param(tag, cmd, marks=marks, id=f"cmd{i}-{words[0]}-{words[1][:16]}"))
