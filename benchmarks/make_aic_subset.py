@@ -5,7 +5,8 @@
 Needs the aiconfigurator-core wheel (pip install 'moesim[aic]'). Per system and kernel class the
 rows are the converted rows of :func:`moesim.calibrate.aic.read_rows` (default version choice)
 whose shape_keys rank lowest by sha256('subset:<shape_key>'), at most ``--per-class`` of them:
-the same wheel gives the same files, byte for byte.
+the same wheel gives the same files, byte for byte. Column ``heldout`` says whether the shipped
+profile's fit (``calibrate --from aiconfigurator``, the whole import) held the row's shape out.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def subset(df, per_class: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moesim.calibrate.aic import read_rows, write_rows_csv
+    from moesim.calibrate.aic import heldout_keys, model_rows, read_rows, write_rows_csv
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "aic")
@@ -47,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     for system in SYSTEMS:
         df, prov = read_rows(system, FRAMEWORK)
+        # Which rows the shipped profile's fit held out (the split of the whole import, by the
+        # rule calibrate --from aiconfigurator uses): the accuracy test scores only those.
+        fit_df, _ = model_rows(df)
+        held = heldout_keys(fit_df)
+        out_keys = {(c, k) for c, keys in held.items() for k in keys}
+        fit_class = dict(zip(fit_df["kernel_class"], fit_df["fit_class"], strict=False))
+        df["heldout"] = [
+            (fit_class.get(c, c), k) in out_keys
+            for c, k in zip(df["kernel_class"], df["shape_key"], strict=True)
+        ]
         rows = subset(df, args.per_class)
         path = write_rows_csv(rows, args.out / f"{system}_{FRAMEWORK}.csv.gz")
         counts = rows["kernel_class"].value_counts().sort_index()

@@ -263,12 +263,25 @@ def choose_folder(
         path = base / pin / f"{table}.parquet"
         record |= {"folder_version": pin, "choice": f"pinned ({group}={pin})"}
         return (path if path.is_file() else None), record
+    # The broadest collection wins (most rows; the newest among equals): a newer folder may
+    # hold a narrow re-collection (trtllm 1.3.0rc23 moe_perf: two models, 10,692 rows, beside
+    # rc20's 126,360-row sweep), which would leave most shapes unmeasured.
+    import pyarrow.parquet as pq
+
+    best = None
     for v in reversed(versions):
         path = base / v / f"{table}.parquet"
         if path.is_file():
-            record |= {"folder_version": v, "choice": "newest folder holding the table"}
-            return path, record
-    return None, record
+            rows = pq.ParquetFile(str(path)).metadata.num_rows
+            if best is None or rows > best[0]:
+                best = (rows, v, path)
+    if best is None:
+        return None, record
+    record |= {
+        "folder_version": best[1],
+        "choice": "the folder holding the most rows of the table (newest among equals)",
+    }
+    return best[2], record
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -577,6 +590,9 @@ def convert_gemm(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     out["flops"] = 2.0 * m * n * k
     out["hbm_bytes"] = (m * k + k * n) * ib + m * n * ob
     out["median_s"] = pd.to_numeric(raw["latency"]).to_numpy(dtype=float) * MS
+    # The collector times the engine's fp8 linear as called in the model (torch_flow): the
+    # activations are quantised inside the timed call (KernelEfficiency.act_quant_*).
+    out["includes_act_quant"] = out["dtype"].isin(["fp8", "fp4"]).to_numpy()
     out["shape_key"] = (
         "m"
         + _i(raw["m"])
@@ -624,6 +640,30 @@ def _balanced_one(T: int, E: int, k: int, L: int) -> tuple[float, float]:
     return float(sum(e < L for e in pairs)), float(sum(e < L for e in picks))
 
 
+MOE_BLOCK_M = 64
+
+
+def _rank0_routing(T, E, k, ep, dist) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(assignments, active experts, padded rows) of EP rank 0 per row, for AIC's balanced and
+    power-law collector routing (:func:`moesim.calibrate.aic_routing.rank0_routing`)."""
+    from moesim.calibrate.aic_routing import rank0_routing
+
+    cache: dict[tuple, dict[str, float]] = {}
+    out = np.full((len(T), 3), np.nan)
+    for i, key in enumerate(
+        zip(T.tolist(), E.tolist(), k.tolist(), ep.tolist(), dist, strict=True)
+    ):
+        if key not in cache:
+            try:
+                cache[key] = rank0_routing(*key, block_m=MOE_BLOCK_M)
+            except ValueError:
+                cache[key] = {}
+        r = cache[key]
+        if r:
+            out[i] = (r["assignments"], r["n_active_experts"], r["sum_padded_tokens"])
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
 def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     why: dict[str, int] = {}
     raw = _supported(raw, "moe_dtype", why)
@@ -648,17 +688,13 @@ def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     out["moe_tp"], out["moe_ep"] = tp, ep
     out["routing"], out["power_law_alpha"] = routing, alpha
     out["gated"] = gated
-    out["block_m"] = 1  # cutlass grouped GEMMs compute the assignments unpadded
-    balanced = (dist == "balanced").to_numpy()
-    assign = np.full(len(raw), np.nan)
-    active = np.full(len(raw), np.nan)
-    if balanced.any():
-        assign[balanced], active[balanced] = balanced_rank0(
-            T[balanced], E[balanced], k[balanced], local[balanced]
-        )
+    # Grouped GEMMs tile each expert's rows (CUTLASS / Triton M tiles): padded rows per expert
+    # to MOE_BLOCK_M, the fragmentation routing causes (moesim.calibrate.aic_routing).
+    out["block_m"] = MOE_BLOCK_M
+    assign, active, padded = _rank0_routing(T, E, k, ep, dist.to_numpy())
     out["assignments"] = assign
     out["n_active_experts"] = active
-    out["sum_padded_tokens"] = assign
+    out["sum_padded_tokens"] = padded
     # moesim.cost.kernel_cost.moe_cost with the realised routing of rank 0: FLOPs = 2 x
     # assignments x h x I x (3 gated | 2 plain); weights of the active experts read once;
     # activations of every assignment in and out (bf16 for fp8 / fp4 experts).
@@ -941,8 +977,8 @@ def system_of_rows(df: pd.DataFrame) -> str | None:
 # --- which rows the model prices, the held-out split, the training subsample --------------------
 
 NOTE_POWER_LAW = (
-    "power-law routing rows: the row does not record the realised per-expert counts of AIC's "
-    "sampled skew, so the model cannot price the same work"
+    "MoE rows whose collector routing moesim.calibrate.aic_routing does not reproduce (no "
+    "realised per-expert counts), so the model cannot price the same work"
 )
 NOTE_CUSTOM_AR = (
     "engine custom all-reduce rows: the collectives model has one (NCCL) all-reduce; scored and "
@@ -964,8 +1000,12 @@ def model_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     keep = np.ones(len(df), bool)
     moe = (df["fit_class"] == "grouped_gemm").to_numpy()
     if moe.any():
-        routing = df.get("routing", pd.Series("uniform", index=df.index)).astype(str)
-        skew = moe & (routing != "uniform").to_numpy()
+        # Power-law rows carry rank 0's expected realised routing (aic_routing); rows whose
+        # routing could not be reproduced have no assignments and are left out.
+        assigned = pd.to_numeric(
+            df.get("assignments", pd.Series(np.nan, index=df.index)), errors="coerce"
+        )
+        skew = moe & ~np.isfinite(assigned.to_numpy(dtype=float))
         if skew.any():
             skipped["grouped_gemm power-law"] = f"{int(skew.sum())} rows: {NOTE_POWER_LAW}"
         keep &= ~skew

@@ -27,6 +27,7 @@ from moesim.calibrate.measurements import (
     read_run_metadata,
     usable_rows,
 )
+from moesim.calibrate.shape_fit import SHAPE_CLASSES, ShapeCalibrator
 from moesim.errors import MoesimError
 from moesim.spec.hardware import HardwareProfile
 
@@ -67,6 +68,7 @@ class Calibration:
         classes: tuple[str, ...] | None = None,
         heldout_keys: dict[str, Any] | None = None,
         progress=None,
+        model: str = "roofline",
     ):
         self.base_profile = base_profile
         self.heldout_fraction = heldout_fraction
@@ -74,6 +76,9 @@ class Calibration:
         self.classes = classes
         self.heldout_keys = heldout_keys
         self.progress = progress
+        if model not in ("roofline", "shape"):
+            raise MoesimError(f"unknown kernel model {model!r}; use 'roofline' or 'shape'")
+        self.model = model
 
     def fit(self, dir_or_frames, meta: dict[str, Any] | None = None) -> Calibration:
         """Fit on a measurement directory, one frame, or a {name: frame} mapping."""
@@ -117,6 +122,15 @@ class Calibration:
                 except MoesimError as exc:
                     self.skipped_[cls] = str(exc)
                     continue
+            elif self.model == "shape" and cls in SHAPE_CLASSES:
+                cal = ShapeCalibrator(
+                    cls,
+                    self.hardware_,
+                    self.heldout_fraction,
+                    self.seed,
+                    max_train_rows=None,
+                    heldout_keys=(self.heldout_keys or {}).get(cls),
+                ).fit(df)
             else:
                 cal = KernelCalibrator(
                     cls,

@@ -54,9 +54,10 @@ LOSS, F_SCALE = "soft_l1", 0.1
 # bytes per input element, quantisation launch [µs].
 _NAMES = ("compute_efficiency", "memory_efficiency", "launch_overhead_s", "k_overhead",
           "ridge_sharpness", "act_quant_bytes_per_element", "act_quant_launch_s",
-          "memory_parallelism_ctas", "tile_operand_overhead", "wave_overhead_s")  # fmt: skip
-_LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-_HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0])
+          "memory_parallelism_ctas", "tile_operand_overhead", "wave_overhead_s",
+          "gather_efficiency")  # fmt: skip
+_LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01)])
+_HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0])
 _AT_BOUND = 1e-3
 MAX_NFEV = 80  # relative distance to a bound that counts as "at the bound"
 
@@ -102,6 +103,7 @@ class ShapeCalibrator:
         heldout_fraction: float = HELDOUT_FRACTION,
         seed: int = 0,
         max_train_rows: int | None = 20_000,
+        heldout_keys=None,
     ):
         if kernel_class not in SHAPE_CLASSES:
             raise MoesimError(
@@ -112,6 +114,7 @@ class ShapeCalibrator:
         self.heldout_fraction = heldout_fraction
         self.seed = seed
         self.max_train_rows = max_train_rows
+        self.heldout_keys = heldout_keys
 
     # ------------------------------------------------------------------ fit
     def fit(self, rows: pd.DataFrame) -> ShapeCalibrator:
@@ -119,7 +122,11 @@ class ShapeCalibrator:
         if df.empty:
             raise MoesimError(f"no {self.kernel_class} rows to fit")
         df["_fmt"] = row_format(df)
-        held = heldout_by_hash(df["shape_key"], self.heldout_fraction, self.seed)
+        if self.heldout_keys is not None:  # the caller's split (e.g. one rule over an import)
+            held = df["shape_key"].astype(str).isin(set(map(str, self.heldout_keys))).to_numpy()
+        else:
+            held = heldout_by_hash(df["shape_key"], self.heldout_fraction, self.seed)
+        self.heldout_shapes_ = sorted(set(df.loc[held, "shape_key"].astype(str)))
         df["_held"] = held
         base_block = self.base.efficiency.for_class(self.kernel_class)
         blocks: dict[str, KernelEfficiency] = {}
@@ -182,6 +189,8 @@ class ShapeCalibrator:
             active[8] = False  # operand overhead of GEMM tiles
         if self.kernel_class == "grouped_gemm":
             active[9] = False
+        else:
+            active[10] = False  # separate permute / combine kernels: fused MoE only
         quant = _act_quant(train)
         if not np.any(quant):
             active[5] = active[6] = False
@@ -199,6 +208,7 @@ class ShapeCalibrator:
             memory_parallelism_ctas=float(max(x[7], 0.0)),
             tile_operand_overhead=float(max(x[8], 0.0)),
             wave_overhead_s=float(max(x[9], 0.0) * 1e-6),
+            gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
             tile_candidates=setting["tile_candidates"],
             split_k=setting["split_k"],
         )
@@ -216,7 +226,7 @@ class ShapeCalibrator:
         log_meas = np.log(train["median_s"].to_numpy(dtype=float))
         x0 = np.array([
             np.log(min(reference.compute_eff(fmt), 0.95)), np.log(min(reference.memory_efficiency, 0.95)),
-            3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0,
+            3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5),
         ])  # fmt: skip
         active = self._active(train)
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
@@ -276,6 +286,7 @@ class ShapeCalibrator:
                 "memory_parallelism_ctas": block.memory_parallelism_ctas,
                 "tile_operand_overhead": block.tile_operand_overhead,
                 "wave_overhead_us": block.wave_overhead_s * 1e6,
+                "gather_efficiency": block.gather_efficiency,
                 "ridge_sharpness": block.ridge_sharpness,
                 "split_k": block.split_k,
                 "tile_candidates": [list(t) for t in block.tile_candidates],
@@ -290,7 +301,7 @@ class ShapeCalibrator:
     def _at_bound(x, lo, hi, active) -> list[int]:
         """Active efficiencies at 1.0 and K0 / launch costs at their ceilings (degenerate)."""
         stuck = []
-        for i in (0, 1, 2, 3, 6, 7, 8, 9):
+        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10):
             if not active[i]:
                 continue
             span = hi[i] - lo[i]
@@ -310,11 +321,19 @@ class ShapeCalibrator:
                 "fraction": self.heldout_fraction,
                 "seed": self.seed,
             },
-            "train_error": self.train_errors_,
-            "heldout_error": self.heldout_errors_,
-            "formats": self.formats_,
+            "train": _rounded(self.train_errors_),
+            "heldout": _rounded(self.heldout_errors_),
+            "formats": {
+                f: v | {"train": _rounded(v["train"]), "heldout": _rounded(v["heldout"])}
+                for f, v in self.formats_.items()
+            },
             "degenerate": self.degenerate_,
+            "heldout_shape_keys": list(self.heldout_shapes_),
         }
+
+
+def _rounded(stats: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) and v == v else v) for k, v in stats.items()}
 
 
 def _param_value(i: int, raw: float) -> float:

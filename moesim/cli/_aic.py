@@ -120,7 +120,12 @@ def run_calibrate(
         + "\n"
     )
     cal = Calibration(
-        base, heldout_fraction=heldout_fraction, seed=seed, heldout_keys=held, progress=_progress
+        base,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
+        heldout_keys=held,
+        progress=_progress,
+        model="shape",
     ).fit(train, meta={})
     coll = cal.calibrators_.get("collectives")
     split_ok = coll is None or sorted(coll.heldout_shapes_) == held.get("collectives", [])

@@ -85,7 +85,12 @@ def predict_cmd(
         help="Preset name (moesim model list) or path to a config.json / preset YAML.",
     ),
     hardware: str = typer.Option(
-        ..., "--hardware", "-H", help="Hardware profile name (moesim hw list) or YAML path."
+        ...,
+        "--hardware",
+        "-H",
+        help="Hardware profile name (moesim hw list) or YAML path. A name uses the profile "
+        "fitted to the --framework engine's measured kernels where one ships (h100-sxm -> "
+        "h100-sxm.trtllm); NAME.datasheet forces the datasheet-only profile.",
     ),
     batch: int | None = typer.Option(
         None,
@@ -320,6 +325,10 @@ def predict_cmd(
     from moesim.spec.limits import check_memory_scale
 
     tokens = in_flight * ((input_len if context_len is None else context_len) + output_len)
+    if isinstance(hardware, str):  # the engine's measured profile where one ships
+        from moesim.spec.hardware import measured_name
+
+        hardware = measured_name(hardware, framework.value if framework is not None else None)
     model, hardware = resolve(model, hardware)  # loaded once, passed on as objects
     check_memory_scale(model, tokens)
 

@@ -27,6 +27,7 @@ def _time(
     k=None,
     fmt="",
     act_quant=False,
+    gather_bytes=None,
 ):
     eff = (efficiency or hw.efficiency).for_class(kernel_class)
     peak = hw.peak(dtype)
@@ -45,6 +46,7 @@ def _time(
         eager=eager,
         k=k,
         act_quant=act_quant,
+        gather_bytes=gather_bytes,
     )
     return {
         "latency_s": t,
@@ -186,6 +188,7 @@ def moe_cost(
         eager=eager,
         k=np.asarray(hidden, dtype=float),
         fmt=fmt,
+        gather_bytes=act_io,
     )
     out["weight_bytes"] = weights
     if stats is not None:

@@ -47,6 +47,7 @@ class Op:
     n: np.ndarray | None = None
     k: np.ndarray | None = None  # reduction length per output tile (GEMM K, attention keys)
     fmt: str = ""  # weight format of a GEMM's weights (picks the format's own kernel block)
+    gather_bytes: np.ndarray | None = None  # of hbm_bytes: an MoE's token permute / combine
     # communication
     message_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     group_size: np.ndarray = field(default_factory=lambda: np.asarray(1.0))
@@ -447,6 +448,7 @@ def _moe_ops(
             padded,
             2 * I_gpu,
             np.asarray(float(model.hidden_size)),
+            gather_bytes=act_io,
         ),
     ]
     if np.any(offload > 0):

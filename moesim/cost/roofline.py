@@ -44,6 +44,7 @@ class RooflineParams:
     memory_parallelism_ctas: float = 0.0
     tile_operand_overhead: float = 0.0
     wave_overhead_s: float = 0.0
+    gather_efficiency: float = 0.0
     tile_candidates: tuple[tuple[int, int], ...] = ()
     split_k: bool = True
     act_quant_bytes_per_element: float = 0.0
@@ -66,6 +67,7 @@ class RooflineParams:
             memory_parallelism_ctas=getattr(block, "memory_parallelism_ctas", 0.0),
             tile_operand_overhead=getattr(block, "tile_operand_overhead", 0.0),
             wave_overhead_s=getattr(block, "wave_overhead_s", 0.0),
+            gather_efficiency=getattr(block, "gather_efficiency", 0.0),
             tile_candidates=tuple(tuple(t) for t in getattr(block, "tile_candidates", ())),
             split_k=getattr(block, "split_k", True),
             act_quant_bytes_per_element=getattr(block, "act_quant_bytes_per_element", 0.0),
@@ -165,6 +167,7 @@ def op_time_s(
     eager=False,
     k=None,
     act_quant=False,
+    gather_bytes=None,
 ) -> np.ndarray:
     """Predicted time of an operator (seconds), broadcast over all array inputs.
 
@@ -175,6 +178,12 @@ def op_time_s(
     """
     flops = np.asarray(flops, dtype=float)
     hbm_bytes = np.asarray(hbm_bytes, dtype=float)
+    t_gather = 0.0
+    if gather_bytes is not None and params.gather_efficiency > 0:
+        # separate permute / combine kernels (see KernelEfficiency.gather_efficiency)
+        gather = np.minimum(np.asarray(gather_bytes, dtype=float), hbm_bytes)
+        hbm_bytes = hbm_bytes - gather
+        t_gather = gather / (hbm_bytes_per_s * min(params.gather_efficiency, 1.0))
     q = quantisation_efficiency(
         m, n, params.tile_m, params.tile_n, num_sms, params.split_k, params.tile_candidates,
         params.tile_operand_overhead,
@@ -200,7 +209,7 @@ def op_time_s(
         t_compute = t_compute + params.wave_overhead_s * np.ceil(ctas / num_sms)
     # A launched kernel costs its launch even when it has no work (an EP rank with no tokens).
     launch = np.asarray(launches, dtype=float) * params.launch_overhead_s
-    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch
+    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch + t_gather
     if np.any(act_quant) and m is not None and k is not None:
         quant = params.act_quant_launch_s + params.act_quant_bytes_per_element * np.asarray(
             m, dtype=float

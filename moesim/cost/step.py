@@ -89,6 +89,7 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                 n=op.n,
                 launches=op.launches,
                 k=op.k,
+                gather_bytes=op.gather_bytes,
             )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")

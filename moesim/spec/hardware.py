@@ -108,7 +108,12 @@ class KernelEfficiency(BaseModel):
     # Fixed cost of each wave of output tiles (CTA prologue: loading the resident operand, and
     # epilogue: normalising and storing the output tile), added to t_compute per wave.
     wave_overhead_s: float = Field(0.0, ge=0, le=1e-3)
-    tile_candidates: list[tuple[int, int]] = []
+    # Token permute / combine of a fused MoE run as their own kernels (TensorRT-LLM
+    # expandInputRows and finalizeMoeRouting, vLLM moe_align + moe_sum), index-driven gathers
+    # that reach this fraction of the HBM bandwidth and do not overlap the GEMMs:
+    # t += gather_bytes / (bandwidth x gather_efficiency). 0: those bytes stay in the roofline.
+    gather_efficiency: float = Field(0.0, ge=0, le=1)
+    tile_candidates: list[list[int]] = []
     split_k: bool = True
     # Activation quantisation the measured kernel included (a bf16 -> fp8 pass over the m x k
     # input before the GEMM): bytes moved per input element and its launch cost. Fitted so that
@@ -122,10 +127,12 @@ class KernelEfficiency(BaseModel):
 
     @field_validator("tile_candidates")
     @classmethod
-    def _check_tiles(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        if len(value) > 16 or any(not (1 <= a <= 1024 and 1 <= b <= 1024) for a, b in value):
-            raise ValueError("tile_candidates: at most 16 (m, n) tiles, each side in [1, 1024]")
-        return [(int(a), int(b)) for a, b in value]
+    def _check_tiles(cls, value: list[list[int]]) -> list[list[int]]:
+        if len(value) > 16 or any(
+            len(t) != 2 or not (1 <= t[0] <= 1024 and 1 <= t[1] <= 1024) for t in value
+        ):
+            raise ValueError("tile_candidates: at most 16 [m, n] tiles, each side in [1, 1024]")
+        return [[int(a), int(b)] for a, b in value]
 
     @field_validator("by_format")
     @classmethod
@@ -522,6 +529,31 @@ def _profile_paths() -> dict[str, Path]:
 def list_hardware() -> list[str]:
     """Names of the shipped profiles (``h100-sxm``, ``h100-sxm.measured``, ...), sorted."""
     return sorted(_profile_paths())
+
+
+DATASHEET_SUFFIX = ".datasheet"
+DEFAULT_FRAMEWORK = "trtllm"
+
+
+def measured_name(name: str, framework: str | None = None) -> str:
+    """The profile a user's ``--hardware NAME`` means: ``NAME.<framework>`` (a profile fitted to
+    that engine's measured kernels, e.g. ``h100-sxm.trtllm``) where one ships, else NAME.
+
+    ``NAME.datasheet`` names the datasheet-only profile explicitly; paths and names that already
+    carry a suffix are returned unchanged. No framework: the TensorRT-LLM tables, else vLLM,
+    else SGLang, whichever ships first.
+    """
+    text = str(name)
+    paths = _profile_paths()
+    if text.endswith(DATASHEET_SUFFIX) and text.removesuffix(DATASHEET_SUFFIX) in paths:
+        return text.removesuffix(DATASHEET_SUFFIX)
+    if text not in paths or "." in text:
+        return text
+    order = [framework] if framework else [DEFAULT_FRAMEWORK, "vllm", "sglang"]
+    for fw in order:
+        if f"{text}.{fw}" in paths:
+            return f"{text}.{fw}"
+    return text
 
 
 def load_hardware(name_or_path: str | Path | HardwareProfile) -> HardwareProfile:
