@@ -263,25 +263,29 @@ def choose_folder(
         path = base / pin / f"{table}.parquet"
         record |= {"folder_version": pin, "choice": f"pinned ({group}={pin})"}
         return (path if path.is_file() else None), record
-    # The broadest collection wins (most rows; the newest among equals): a newer folder may
-    # hold a narrow re-collection (trtllm 1.3.0rc23 moe_perf: two models, 10,692 rows, beside
-    # rc20's 126,360-row sweep), which would leave most shapes unmeasured.
+    # The newest folder, unless it is a narrow re-collection holding under half the rows of
+    # the broadest one (trtllm 1.3.0rc23 moe_perf: two models, 10,692 rows, beside rc20's
+    # 126,360-row sweep), which would leave most shapes unmeasured.
     import pyarrow.parquet as pq
 
-    best = None
+    found = []
     for v in reversed(versions):
         path = base / v / f"{table}.parquet"
         if path.is_file():
-            rows = pq.ParquetFile(str(path)).metadata.num_rows
-            if best is None or rows > best[0]:
-                best = (rows, v, path)
-    if best is None:
+            found.append((pq.ParquetFile(str(path)).metadata.num_rows, v, path))
+    if not found:
         return None, record
-    record |= {
-        "folder_version": best[1],
-        "choice": "the folder holding the most rows of the table (newest among equals)",
-    }
-    return best[2], record
+    newest = found[0]
+    broadest = max(found, key=lambda f: f[0])
+    pick, why = newest, "newest folder holding the table"
+    if newest[0] < 0.5 * broadest[0]:
+        pick = broadest
+        why = (
+            f"the broadest folder ({broadest[0]:,} rows): the newest, {newest[1]}, holds "
+            f"only {newest[0]:,}"
+        )
+    record |= {"folder_version": pick[1], "choice": why}
+    return pick[2], record
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -73,6 +73,13 @@ def calibrate(
     framework: str = typer.Option("trtllm", "--framework", help=_FRAMEWORK_HELP),
     aic_version: str | None = typer.Option(None, "--version", help=_AIC_VERSION_HELP),
     rows: Path | None = typer.Option(None, "--rows", help=_ROWS_HELP),
+    model: str = typer.Option(
+        "roofline",
+        "--model",
+        help="Kernel model a measurement directory is fitted with: 'roofline' (one efficiency "
+        "per dtype and one tile; small sweeps) or 'shape' (tiles, K-loop, per-format blocks; "
+        "the model --from aiconfigurator always fits).",
+    ),
     max_rows_per_class: int = typer.Option(
         20000,
         "--max-rows-per-class",
@@ -105,7 +112,9 @@ def calibrate(
             raise MoesimError(
                 "missing measurement directory (or --published GPU, or --from aiconfigurator)"
             )
-        cal = Calibration(base, heldout_fraction=heldout_fraction, seed=seed).fit(directory)
+        cal = Calibration(base, heldout_fraction=heldout_fraction, seed=seed, model=model).fit(
+            directory
+        )
         profile = cal.to_profile(name=out.name.removesuffix(".yaml"))
     path = save_profile(profile, out)
     _print_fit(cal, profile, path, as_json)
