@@ -473,6 +473,12 @@ class Scenario(_Strict):
     hardware: list[str] = Field(
         min_length=1, description="Hardware profile names (moesim hw list) or YAML paths."
     )
+    framework: Literal["trtllm", "vllm", "sglang"] | None = Field(
+        None,
+        description="Engine whose measured kernels the hardware names mean: a name resolves to "
+        "NAME.<framework> where that fitted profile ships (NAME.datasheet: the datasheet "
+        "profile). None: the names as written.",
+    )
     layouts: list[LayoutSpec] = Field([LayoutSpec()], min_length=1, description="Layout families.")
     workloads: list[WorkloadSpec] = Field(
         [WorkloadSpec()], min_length=1, description="Workload families."
@@ -761,13 +767,17 @@ def _resolve(scenario: Scenario, text: str, path: Path | None, source: _Source) 
     hardware, hw_labels = [], []
     for i, name in enumerate(scenario.hardware):
         try:
-            if name not in list_hardware():
+            if name not in list_hardware() and not name.endswith(".datasheet"):
                 candidate = base / name
                 if not candidate.is_file():
                     raise MoesimError(
                         f"unknown hardware {name!r}{did_you_mean(name, list_hardware())}"
                     )
                 name = str(candidate)
+            if scenario.framework is not None or name.endswith(".datasheet"):
+                from moesim.spec.hardware import measured_name
+
+                name = measured_name(name, scenario.framework)
             hw = load_hardware(name)
         except MoesimError as exc:
             raise source.error(["hardware", i], _strip_known(str(exc))) from None
