@@ -169,6 +169,7 @@ def predict_rows(df, profile=None):
     from moesim.engine import inflight, static
     from moesim.spec import resolve
     from moesim.spec.deployment import Layout
+    from moesim.spec.hardware import measured_name
 
     df = df.copy()
     for m in METRICS:
@@ -180,9 +181,12 @@ def predict_rows(df, profile=None):
     for key, rows in df.groupby(keys, sort=False, dropna=False).groups.items():
         name, hw_name, engine, wdt, kvdt, tp, ep, pp, dp = key
         try:
-            model, hw = resolve(name, profile or hw_name)
+            # The engine's measured kernels where a fitted profile ships (h100-sxm.trtllm ...)
+            fw = str(engine) if str(engine) in ("trtllm", "vllm", "sglang") else None
+            model, hw = resolve(name, profile or measured_name(hw_name, fw))
             lay = Layout(tp=int(tp), ep=int(ep), pp=int(pp), dp=int(dp), weight_dtype=wdt,
-                         kv_dtype=kvdt, dispatch_dtype="fp8" if wdt in ("fp8", "fp4") else "bf16")  # fmt: skip
+                         kv_dtype=kvdt, dispatch_dtype="fp8" if wdt in ("fp8", "fp4") else "bf16",
+                         framework=fw)  # fmt: skip
         except MoesimError as exc:
             df.loc[rows, "reason"] = str(exc)
             continue
