@@ -94,6 +94,8 @@ def print_prediction(res: dict, breakdown: bool = False) -> None:
         f"phase {res.get('phase')}",
         width=TABLE_WIDTH,
     )
+    if res.get("calibration"):
+        console.print(f"calibration: {res.get('calibration')}", width=TABLE_WIDTH, markup=False)
     fmt = res.get("formats") or {}
     if fmt and "error" not in fmt:
         kept = fmt.get("unquantized_parts") or []
