@@ -123,14 +123,18 @@ class Calibration:
                     self.skipped_[cls] = str(exc)
                     continue
             elif self.model == "shape" and cls in SHAPE_CLASSES:
-                cal = ShapeCalibrator(
-                    cls,
-                    self.hardware_,
-                    self.heldout_fraction,
-                    self.seed,
-                    max_train_rows=None,
-                    heldout_keys=(self.heldout_keys or {}).get(cls),
-                ).fit(df)
+                try:
+                    cal = ShapeCalibrator(
+                        cls,
+                        self.hardware_,
+                        self.heldout_fraction,
+                        self.seed,
+                        max_train_rows=None,
+                        heldout_keys=(self.heldout_keys or {}).get(cls),
+                    ).fit(df)
+                except MoesimError as exc:  # too few rows of the class: keep the base terms
+                    self.skipped_[cls] = str(exc)
+                    continue
             else:
                 cal = KernelCalibrator(
                     cls,
