@@ -30,6 +30,32 @@ def pk_wait_s(rate, service_s, service_cv2=0.0) -> np.ndarray:
     return np.where(rho < 1.0, np.where(lam > 0, wait, 0.0), np.inf)
 
 
+MAX_SLOTS = 65_536
+
+
+def erlang_c_wait_s(rate, slots, hold_s) -> np.ndarray:
+    """Mean wait for one of ``slots`` sequence slots, each held ``hold_s`` (M/M/c, Erlang C).
+
+    With offered load a = λ H: Erlang B by the stable recursion B_k = a B_{k-1} / (k + a
+    B_{k-1}) (Jagerman 1974), C = c B_c / (c - a (1 - B_c)), W = C H / (c - a) (Kleinrock
+    1975, section 3.5). inf where a >= c (no steady state).
+    """
+    lam = np.asarray(rate, dtype=float)
+    hold = np.asarray(hold_s, dtype=float)
+    c = np.minimum(np.floor(np.asarray(slots, dtype=float)), MAX_SLOTS)
+    lam, hold, c = np.broadcast_arrays(lam, hold, c)
+    a = lam * hold
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        b = np.ones(a.shape)
+        top = int(np.nanmax(np.where(np.isfinite(c), c, 0.0), initial=0.0))
+        for k in range(1, top + 1):
+            b = np.where(k <= c, a * b / (k + a * b), b)
+        erlang_c = c * b / (c - a * (1.0 - b))
+        wait = erlang_c * hold / (c - a)
+    ok = np.isfinite(a) & (c >= 1) & (a < c)
+    return np.where(lam > 0, np.where(ok, np.nan_to_num(wait, nan=0.0), np.inf), 0.0)
+
+
 def max_utilization_for_wait(max_wait_s, service_s, service_cv2=0.0) -> np.ndarray:
     """Largest ρ whose P-K wait stays within ``max_wait_s`` (the inverse of :func:`pk_wait_s` in ρ).
 

@@ -204,7 +204,7 @@ def _max_rate_for_slos(t_p, t_d, service, ttft_slo, tpot_slo, ttft_extra=0.0):
 def _aggregated(
     model, hw, ev, grid, rate, input_len, output_len, ttft_slo, tpot_slo, max_gpus
 ) -> pd.DataFrame:
-    from moesim.engine.queueing import max_utilization_for_wait, pk_wait_s
+    from moesim.engine.queueing import erlang_c_wait_s, max_utilization_for_wait, pk_wait_s
 
     pre, dec, agg = ev["pre"], ev["dec"], ev["agg"]
     dp = grid["dp"].astype(float)[:, None]
@@ -250,6 +250,10 @@ def _aggregated(
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             tpot = t_d + rise * np.minimum(lam / cap, 1.0)
             ttft = S + t_d / 2.0 + pk_wait_s(lam / servers, S)
+            # and the wait for a free sequence slot: B per replica, each held for a request's
+            # life in the engine (M/M/c, conservative for the nearly constant hold times)
+            slot_wait = erlang_c_wait_s(lam, B, ttft + (output_len - 1.0) * tpot)
+            ttft = ttft + slot_wait
             gpus = n * G
             price_h = gpus * hw.price_usd_per_hour
             out_rate = (rate if rate else lam) * output_len
@@ -257,6 +261,7 @@ def _aggregated(
                 "replicas": n,
                 "gpus": gpus,
                 "ttft_s": ttft,
+                "slot_wait_s": slot_wait,
                 "tpot_s": tpot,
                 "e2e_latency_s": ttft + (output_len - 1.0) * tpot,
                 "output_tokens_per_s_per_gpu": out_rate / gpus,
@@ -274,6 +279,17 @@ def _aggregated(
             }
 
     m = metrics(n, lam)
+    # Replicas sized on the prefill queue and TPOT may still leave requests waiting for a slot
+    # past the TTFT SLO: add replicas until the slot wait fits, or the GPU budget runs out.
+    for _ in range(16):
+        late = slo_ok & (np.asarray(m["ttft_s"]) > ttft_slo)
+        if not rate or not np.any(late):
+            break
+        n = np.where(late, n + 1, n)
+        lam = rate / n
+        slo_ok = slo_ok & (n * G <= max_gpus)
+        m = metrics(n, lam)
+    slo_ok = slo_ok & (np.asarray(m["ttft_s"]) <= ttft_slo)
     mc = metrics(n_cap, lam_cap)
     cons = np.argmin(
         np.stack([np.broadcast_to(x, cap.shape) for x in (cap, tpot_rate, ttft_rate)]), axis=0
@@ -520,6 +536,7 @@ PLAN_KEYS = (
     "replicas",
     "gpus_per_replica",
     "ttft_s",
+    "slot_wait_s",
     "tpot_s",
     "e2e_latency_s",
     "output_tokens_per_s_per_gpu",
