@@ -854,6 +854,12 @@ def convert_moe_a2a(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     known = phase.isin(["dispatch", "combine"])
     why = {f"phase_{p}_not_modelled": int(n) for p, n in phase[~known].value_counts().items()}
     raw = raw[known].reset_index(drop=True)
+    # vLLM's table records no payload format ("default"): its bytes, and so its model, are
+    # unknown; the rows are dropped and counted.
+    unknown = raw["comm_dtype"].astype(str).isin(["default", "", "nan"]).to_numpy()
+    if unknown.any():
+        why["comm_dtype_not_recorded"] = int(unknown.sum())
+        raw = raw[~unknown].reset_index(drop=True)
     impl = raw["comm_backend"].astype(str).map(lambda b: EP_IMPL.get(b, b))
     lat = pd.to_numeric(raw["latency"], errors="coerce")
     if "transmit_us" in raw.columns:  # latency = transmit + notify (both µs)
