@@ -886,9 +886,21 @@ def _deepep_legacy(raw: pd.DataFrame, impl: str, columns) -> tuple[pd.DataFrame,
         lat = sum(pd.to_numeric(raw[c], errors="coerce").fillna(0.0) for c in lat_cols[1:])
         lat = pd.to_numeric(raw[lat_cols[0]], errors="coerce") + lat
         sms = raw[sms_col] if sms_col in raw.columns else pd.Series(0, index=raw.index)
+        # SGLang's tables do not name the payload format: combine sends bf16; low-latency
+        # dispatch's format follows from the table's own bandwidth column; normal-mode dispatch
+        # sends fp8 (at bf16 its largest rows would exceed NVLink's line rate); see
+        # moesim.calibrate.aic_comm.
+        if phase == "combine":
+            payload = "bfloat16"
+        elif impl == "deepep_ll":
+            from moesim.calibrate.aic_comm import _ll_dispatch_dtype
+
+            payload = "bfloat16" if _ll_dispatch_dtype(raw) == "bf16" else "fp8"
+        else:
+            payload = "fp8"
         frames.append(
             _ep_rows(raw, phase, impl, lat.to_numpy(), raw["num_token"], raw["num_topk"], ep, sms,
-                     pd.Series("unrecorded", index=raw.index))
+                     pd.Series(payload, index=raw.index))
         )  # fmt: skip
     return pd.concat(frames, ignore_index=True), {}
 
