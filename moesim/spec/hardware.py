@@ -472,7 +472,27 @@ def _get(profile: HardwareProfile, field: str) -> Any:
 
 
 def _human_value(field: str, value: Any) -> Any:
-    return units.from_si(value, HUMAN_UNITS[field]) if field in HUMAN_UNITS else value
+    if field not in HUMAN_UNITS:
+        return value
+    unit = HUMAN_UNITS[field]
+    human = units.from_si(value, unit)
+    if not isinstance(human, float) or not math.isfinite(human):
+        return human
+    # The human number that reads back as exactly this SI value (x 1e-6 and x 1e6 are not exact
+    # inverses in binary): the shortest of a few roundings, else a neighbour a few ulps away.
+    candidates = [float(f"{human:.{d}g}") for d in (12, 15, 16, 17)] + [human]
+    step = human
+    for _ in range(4):
+        step = math.nextafter(step, math.inf)
+        candidates.append(step)
+    step = human
+    for _ in range(4):
+        step = math.nextafter(step, -math.inf)
+        candidates.append(step)
+    for c in candidates:
+        if units.to_si(c, unit) == value:
+            return c
+    return human
 
 
 def _efficiency_yaml(eff: Efficiency) -> dict[str, Any]:
