@@ -314,3 +314,28 @@ def test_cli_unknown_name(monkeypatch, capsys):
     code, _, err = _cli(monkeypatch, capsys, "hw", "show", "h100-sxn")
     assert code == 2
     assert "unknown hardware profile 'h100-sxn'" in err and "h100-sxm" in err and "mi300x" in err
+
+
+def test_parsed_profile_cache_gives_the_same_profile_and_survives_damage(tmp_path, monkeypatch):
+    """A measured profile's parse is cached as JSON; the cached tree goes through every check,
+    and a damaged entry is ignored and rewritten."""
+    from moesim.spec import hardware as H
+
+    monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path))
+    path = H._profile_paths()["h200.trtllm"]
+    H._load_file.cache_clear()
+    first = H._load_file(str(path), 0, "h200.trtllm")  # parses, writes the entry
+    entry = H._parsed_cache(str(path))[1]
+    assert entry.is_file()
+    H._load_file.cache_clear()
+    again = H._load_file(str(path), 0, "h200.trtllm")  # from the entry
+    assert again == first
+    entry.write_text("{not json")
+    H._load_file.cache_clear()
+    assert H._load_file(str(path), 0, "h200.trtllm") == first
+    assert entry.read_text().startswith("{")  # rewritten
+    json_ok = __import__("json").loads(entry.read_text())
+    assert json_ok["name"] == "h200.trtllm"
+    monkeypatch.setenv("MOESIM_CACHE_DIR", "off")
+    assert H._parsed_cache(str(path)) is None
+    H._load_file.cache_clear()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -596,6 +598,16 @@ def load_hardware(name_or_path: str | Path | HardwareProfile) -> HardwareProfile
 
 @functools.lru_cache(maxsize=64)
 def _load_file(path: str, mtime_ns: int, display: str) -> HardwareProfile:
+    cached = _parsed_cache(path)
+    if cached is not None:
+        try:
+            plain = json.loads(cached[1].read_text(encoding="utf-8"))
+            _check_plain_numbers(plain, plain, display)
+            profile = profile_from_yaml(plain, display)
+            check_ranges(profile, display, plain)
+            return profile
+        except (OSError, ValueError, TypeError, KeyError, MoesimError):
+            pass  # a stale or damaged entry: parse the file and rewrite it
     from moesim.spec.safe_io import load_yaml_file
 
     # Bounded, alias- and depth-checked YAML 1.2 (moesim.spec.safe_io); plain values for the
@@ -604,7 +616,58 @@ def _load_file(path: str, mtime_ns: int, display: str) -> HardwareProfile:
     _check_plain_numbers(plain, doc, display)
     profile = profile_from_yaml(doc, display)
     check_ranges(profile, display, doc)
+    if cached is not None:
+        _write_parsed(cached[1], plain)
     return profile
+
+
+def _parsed_cache(path: str) -> tuple[str, Path] | None:
+    """(key, file) of the parsed-tree cache of a profile file, or None when the cache is off.
+
+    A measured profile's YAML (tens of kB with its fit report) takes the pure-Python YAML 1.2
+    parser ~0.6 s, most of a cold ``moesim predict``. A profile that passed every check is kept
+    as its plain tree in JSON under the user cache directory (``$MOESIM_CACHE_DIR``, as the
+    routing tables), keyed by the SHA-256 of the file's bytes and of this module's source: an
+    edited file or changed checks never read an old entry. The tree still goes through every
+    check and the validator; only the YAML parse is skipped.
+    """
+    from moesim.cachedir import cache_dir
+
+    folder = cache_dir("profiles")
+    if folder is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    h = hashlib.sha256(data)
+    h.update(_module_digest().encode())
+    key = h.hexdigest()
+    return key, folder / f"{key}.json"
+
+
+@functools.cache
+def _module_digest() -> str:
+    from moesim.spec import safe_io
+
+    h = hashlib.sha256()
+    for mod_path in (Path(__file__), Path(safe_io.__file__)):
+        h.update(mod_path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _write_parsed(target: Path, plain) -> None:
+    import os
+    import tempfile
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_plain(plain), f)
+        os.replace(tmp, target)  # atomic: readers never see half a file
+    except (OSError, TypeError, ValueError):
+        pass  # the cache is an optimisation; any I/O error just skips it
 
 
 # Physical ranges of the SI fields (per GPU): far outside any accelerator built or announced, so

@@ -32,16 +32,9 @@ SUBDIR = "routing"
 
 def cache_dir() -> Path | None:
     """The folder routing tables go to, or None when the disk cache is off."""
-    env = os.environ.get("MOESIM_CACHE_DIR")
-    if env is not None:
-        return None if env.strip().lower() in ("", "off", "0", "none") else Path(env) / SUBDIR
-    try:
-        from platformdirs import user_cache_dir
+    from moesim.cachedir import cache_dir as _cache_dir
 
-        return Path(user_cache_dir("moesim", appauthor=False)) / SUBDIR
-    except ImportError:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "moesim" / SUBDIR
+    return _cache_dir(SUBDIR)
 
 
 @cache
