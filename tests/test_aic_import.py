@@ -108,12 +108,18 @@ def test_balanced_router_counts_match_brute_force():
 
     cases = [(1, 256, 8, 32), (4, 256, 8, 32), (40, 256, 8, 32), (64, 512, 22, 4),
              (2, 512, 22, 4), (16, 8, 2, 8), (7, 128, 8, 16), (300, 160, 6, 20)]  # fmt: skip
+    from moesim.calibrate.aic_routing import rank0_routing
+
+    def rank0(T, E, k, L):
+        r = rank0_routing(T, E, k, E // L, "balanced")
+        return r["assignments"], r["n_active_experts"]
+
     for T, E, k, L in cases:
-        a, n = aic.balanced_rank0(T, E, k, L)
-        assert (float(a[()]), float(n[()])) == brute(T, E, k, L), (T, E, k, L)
+        a, n = rank0(T, E, k, L)
+        assert (float(a), float(n)) == brute(T, E, k, L), (T, E, k, L)
     # by hand: T=40 of 256 experts, top-8, stride 32: windows [32j, 32j+40) hit experts < 32
     # for j = 0 (32 of them) and j = 7 ([224, 264) wraps onto 0..7): 40 assignments, 32 active
-    a, n = aic.balanced_rank0(40, 256, 8, 32)
+    a, n = rank0(40, 256, 8, 32)
     assert (float(a), float(n)) == (40.0, 32.0)
 
 

@@ -612,38 +612,6 @@ def convert_gemm(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return out, why
 
 
-def balanced_rank0(tokens, experts, top_k, local) -> tuple[np.ndarray, np.ndarray]:
-    """(assignments, active experts) on EP rank 0 (experts 0..local-1) under AIC's balanced
-    router: token i, slot j picks expert (i + j*s) mod E with s = ceil(E/k) when T >= s, else
-    (floor(i*s/T) + j*s) mod E (aiconfigurator collector helper ``balanced_logits``)."""
-    T, E, k, L = (np.asarray(x, dtype=np.int64) for x in (tokens, experts, top_k, local))
-    T, E, k, L = np.broadcast_arrays(T, E, k, L)
-    assign = np.zeros(T.shape, float)
-    active = np.zeros(T.shape, float)
-    cache: dict[tuple[int, int, int, int], tuple[float, float]] = {}
-    for idx in np.ndindex(T.shape):
-        key = (int(T[idx]), int(E[idx]), int(k[idx]), int(L[idx]))
-        if key not in cache:
-            cache[key] = _balanced_one(*key)
-        assign[idx], active[idx] = cache[key]
-    return assign, active
-
-
-def _balanced_one(T: int, E: int, k: int, L: int) -> tuple[float, float]:
-    s = -(-E // k)
-    if T >= s:
-        # slot j covers the T consecutive experts j*s .. j*s+T-1 (mod E); count those below L
-        def below(y: int) -> int:  # #{x in [0, y): x mod E < L}
-            return (y // E) * L + min(y % E, L)
-
-        n = sum(below(j * s + T) - below(j * s) for j in range(k))
-        # the k windows of length T >= s tile [0, k*s) ⊇ [0, E): every expert is used
-        return float(n), float(L)
-    picks = {(((i * s) // T) + j * s) % E for i in range(T) for j in range(k)}
-    pairs = [(((i * s) // T) + j * s) % E for i in range(T) for j in range(k)]
-    return float(sum(e < L for e in pairs)), float(sum(e < L for e in picks))
-
-
 MOE_BLOCK_M = 64
 
 
