@@ -118,7 +118,7 @@ def table_time_s(kind: str, by_n: dict, message_bytes, group_size) -> np.ndarray
     )
     out = np.full(size.shape, np.nan)
     out[n <= 1] = 0.0
-    for g in np.unique(n[n > 1]):
+    for g in sorted(set(n[n > 1].tolist())):  # not np.unique: it imports numpy.ma
         terms = terms_at(by_n or {}, float(g))
         if terms is None:
             continue

@@ -516,10 +516,11 @@ def _moe_ops(
 
 
 def _scalar_int(value, name: str) -> int:
-    arr = np.unique(np.asarray(value))
-    if arr.size != 1:
+    arr = np.asarray(value)
+    # a comparison with the first element, not np.unique: that pulls numpy.ma into every predict
+    if arr.size == 0 or np.any(arr != arr.flat[0]):
         raise ValueError(f"{name} must be one value per evaluation (group sweeps by it)")
-    return int(arr[0])
+    return int(arr.flat[0])
 
 
 def _dispatch_destinations(tokens, k, E, ep, remote_gpus, domain: int, routing, redundant, phase):

@@ -52,7 +52,7 @@ def padded_counts(T: np.ndarray, q: np.ndarray, block_m: int) -> np.ndarray:
         width = np.ceil((24 * se + 10) / B).astype(np.int64) + 2
         bucket = np.ceil(np.log2(width)).astype(np.int64)  # similar windows together
         vals = np.empty(Te.size)
-        for b in np.unique(bucket):
+        for b in sorted(set(bucket.tolist())):  # not np.unique: it imports numpy.ma
             sel = bucket == b
             j = j_lo[sel, None] + np.arange(1 << int(b))[None, :]
             tail = _binom_sf(j * B, Te[sel, None], qe[sel, None])

@@ -77,7 +77,9 @@ def _t_grid(t_max: float) -> np.ndarray:
     octaves = max(0.0, np.log2(max(t_max, 1.0) / _DENSE_T))
     steps = int(np.ceil(octaves * _PER_OCTAVE)) + 1
     geo = np.round(_DENSE_T * 2.0 ** (np.arange(1, steps + 1) / _PER_OCTAVE))
-    return np.unique(np.concatenate([np.arange(_DENSE_T + 1), geo])).astype(np.int64)
+    grid = np.sort(np.concatenate([np.arange(_DENSE_T + 1), geo]))
+    # sorted distinct values; np.unique would import numpy.ma into every predict
+    return grid[np.r_[True, grid[1:] != grid[:-1]]].astype(np.int64)
 
 
 # ---------------------------------------------------------------- one layer's routing model
@@ -326,10 +328,11 @@ def routing_stats(
     R = int(redundant_experts)
     _validate(T, K, E, G, R, block_m, capacity_factor, placement)
     layers = range(dist.num_layers) if layer is None else [int(layer)]
-    uniq = [np.unique(np.asarray(a)) for a in (top_k, num_experts, ep)]
-    if all(u.size == 1 for u in uniq):
-        groups = [((int(uniq[0][0]), int(uniq[1][0]), int(uniq[2][0])), None)]
+    arrays = [np.asarray(a) for a in (top_k, num_experts, ep)]
+    if all(a.size and not np.any(a != a.flat[0]) for a in arrays):  # one group, the common case
+        groups = [((int(arrays[0].flat[0]), int(arrays[1].flat[0]), int(arrays[2].flat[0])), None)]
     else:
+        uniq = [np.unique(a) for a in arrays]
         groups = []
         for k in uniq[0].tolist():
             for e in uniq[1].tolist():
