@@ -28,9 +28,11 @@ KNOWN_GAPS = {
     "against the 8 % bound; at large token counts the grouped GEMM and the token permute / "
     "combine scale together and the fit trades one for the other (compute efficiencies run to "
     "their bound and are held, see the profiles' fit report)",
-    "attention_decode": "decode attention kernels differ by head grouping (MHA, GQA, MQA with "
-    "up to 128 query heads per KV head) in ways one bandwidth + per-CTA model does not follow: "
-    "held-out median ~20 %",
+    "attention_decode": "decode attention: held-out median 13.3 % (H100) and 16.0 % (H200) on this "
+    "subset against the 10 % bound with TensorRT-LLM's kernel choice modelled (XQA, or masked MHA "
+    "above 32 query heads per KV head and below a quarter of a block per SM); the rest is a spread "
+    "of fixed costs between XQA's Hopper (fp8 cache) and Ampere-style kernels the model does "
+    "not separate",
 }
 
 
@@ -96,3 +98,18 @@ def test_no_fitted_prediction_beats_the_datasheet_floor(rows, system):
     peak = np.array([hw.peak("fp8" if str(d).startswith("fp8") else str(d)) for d in part["dtype"]])
     floor = np.maximum(flops / peak, nbytes / hw.hbm_bandwidth_bytes_per_s)
     assert np.all(pred >= floor * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("system", list(PROFILES))
+def test_trtllm_decode_fallback_kernel_is_modelled(rows, system):
+    """Above 32 query heads per KV head TensorRT-LLM has no XQA kernel and runs masked MHA, one
+    CTA per query head; a single grouped-kernel model predicted those rows ~75 % too fast. The
+    fitted profile carries the engine's dispatch and has no such bias on them."""
+    hw = load_hardware(PROFILES[system])
+    assert hw.efficiency.attention_decode.for_format("bf16").decode_grouped_max_heads == 32
+    df = rows[system]
+    part = df[df["fit_class"] == "attention_decode"]
+    part = part[part["num_heads"] / part["num_kv_heads"] > 32].reset_index(drop=True)
+    assert len(part) >= 50
+    ratio = predict_rows(hw, part) / part["median_s"].to_numpy()
+    assert abs(float(np.median(ratio)) - 1.0) < 0.15

@@ -17,8 +17,10 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
   tokens; K = hidden size.
 - Prefill attention: CTAs per (sequence, head, 128-query tile) over the SMs, K = keys per query
   (FlashAttention-3, arXiv 2407.08608).
-- Decode attention: KV bytes / (eta_m * bandwidth) + t0 (memory bound; eta_c fitted but rarely
-  binding).
+- Decode attention: KV bytes / (eta_m * bandwidth) + t0 + a cost per wave of CTAs, on the
+  engine's kernel for the shape (TensorRT-LLM: grouped XQA, or the per-query-head masked MHA
+  fallback with its own wave cost, memory efficiency and L2 miss share of repeated K/V reads;
+  :data:`TRTLLM_DECODE_DISPATCH`), with split-KV chunks (eta_c fitted but rarely binding).
 
 Each format (``bf16``, ``fp8``, ``fp8-block``, ...) is a different kernel and gets its own block
 (``KernelEfficiency.by_format``). Parameters are fitted by ``scipy.optimize.least_squares``
@@ -55,9 +57,26 @@ LOSS, F_SCALE = "soft_l1", 0.1
 _NAMES = ("compute_efficiency", "memory_efficiency", "launch_overhead_s", "k_overhead",
           "ridge_sharpness", "act_quant_bytes_per_element", "act_quant_launch_s",
           "memory_parallelism_ctas", "tile_operand_overhead", "wave_overhead_s",
-          "gather_efficiency")  # fmt: skip
-_LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01)])
-_HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0])
+          "gather_efficiency", "decode_ungrouped_wave_overhead_s",
+          "decode_ungrouped_memory_efficiency", "decode_ungrouped_kv_reread")  # fmt: skip
+_LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01),
+                0.0, np.log(0.01), 0.0])  # fmt: skip
+_HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0,
+                200.0, 0.0, 1.0])  # fmt: skip
+# TensorRT-LLM's decode attention dispatch (see KernelEfficiency.decode_*): XQA for <= 32 query
+# heads per KV head (decoderXQAImplJIT supportConfigQGMMA / supportConfigHMMA: head_grp_size
+# > 32 is unsupported) when blocks x kEnableMinBlockFactor (4) >= SMs, blocks = sequences x KV
+# heads x keys / kMinHistoryTokensPerBlock (128), or when the cache is fp8 (shouldUse: masked
+# MHA does not take bf16 queries over an e4m3 cache); split-KV per computeMultiBlockCount
+# (kTargetWaveFactor 8). Constants of TensorRT-LLM's source (xqaParams / decoderXQAConstants.h),
+# not fitted.
+TRTLLM_DECODE_DISPATCH = {
+    "decode_grouped_max_heads": 32,
+    "decode_grouped_min_blocks_per_sm": 0.25,
+    "decode_ungrouped_min_kv_bytes": 2.0,
+    "decode_split_kv_tokens": 128,
+    "decode_split_kv_target_waves": 8.0,
+}
 _AT_BOUND = 1e-3
 MAX_NFEV = 80  # relative distance to a bound that counts as "at the bound"
 
@@ -115,6 +134,7 @@ class ShapeCalibrator:
         self.seed = seed
         self.max_train_rows = max_train_rows
         self.heldout_keys = heldout_keys
+        self.framework_ = ""
 
     # ------------------------------------------------------------------ fit
     def fit(self, rows: pd.DataFrame) -> ShapeCalibrator:
@@ -122,6 +142,8 @@ class ShapeCalibrator:
         if df.empty:
             raise MoesimError(f"no {self.kernel_class} rows to fit")
         df["_fmt"] = row_format(df)
+        frameworks = set(df["framework"].astype(str)) if "framework" in df.columns else set()
+        self.framework_ = frameworks.pop() if len(frameworks) == 1 else ""
         if self.heldout_keys is not None:  # the caller's split (e.g. one rule over an import)
             held = df["shape_key"].astype(str).isin(set(map(str, self.heldout_keys))).to_numpy()
         else:
@@ -175,7 +197,10 @@ class ShapeCalibrator:
         if self.kernel_class == "attention_prefill":
             return [{"tile_candidates": list(ATTENTION_TILES), "split_k": s} for s in (False, True)]
         if self.kernel_class == "attention_decode":
-            return [{"tile_candidates": [(1, 1)], "split_k": False}]
+            plain = {"tile_candidates": [(1, 1)], "split_k": False}
+            if self.framework_ == "trtllm":  # its kernel choice, or one grouped kernel
+                return [plain | {"decode": TRTLLM_DECODE_DISPATCH}, plain]
+            return [plain]
         return [{"tile_candidates": [], "split_k": True}]
 
     def _active(self, train: pd.DataFrame) -> np.ndarray:
@@ -191,6 +216,8 @@ class ShapeCalibrator:
             active[9] = False
         else:
             active[10] = False  # separate permute / combine kernels: fused MoE only
+        if self.kernel_class != "attention_decode" or self.framework_ != "trtllm":
+            active[11:14] = False  # the per-query-head fallback decode kernel
         quant = _act_quant(train)
         if not np.any(quant):
             active[5] = active[6] = False
@@ -211,6 +238,16 @@ class ShapeCalibrator:
             gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
             tile_candidates=setting["tile_candidates"],
             split_k=setting["split_k"],
+            **(
+                setting["decode"]
+                | {
+                    "decode_ungrouped_wave_overhead_s": float(max(x[11], 0.0) * 1e-6),
+                    "decode_ungrouped_memory_efficiency": float(min(np.exp(x[12]), 1.0)),
+                    "decode_ungrouped_kv_reread": float(np.clip(x[13], 0.0, 1.0)),
+                }
+                if "decode" in setting
+                else {}
+            ),
         )
 
     def _predict(self, rows: pd.DataFrame, block: KernelEfficiency) -> np.ndarray:
@@ -226,7 +263,7 @@ class ShapeCalibrator:
         log_meas = np.log(train["median_s"].to_numpy(dtype=float))
         x0 = np.array([
             np.log(min(reference.compute_eff(fmt), 0.95)), np.log(min(reference.memory_efficiency, 0.95)),
-            3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5),
+            3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5), 1.0, np.log(0.5), 0.2,
         ])  # fmt: skip
         active = self._active(train)
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
@@ -292,6 +329,20 @@ class ShapeCalibrator:
                 "tile_candidates": [list(t) for t in block.tile_candidates],
                 "act_quant_bytes_per_element": block.act_quant_bytes_per_element,
                 "act_quant_launch_us": block.act_quant_launch_s * 1e6,
+                **(
+                    {
+                        "decode_dispatch": "trtllm",
+                        "decode_ungrouped_wave_overhead_us": (
+                            block.decode_ungrouped_wave_overhead_s * 1e6
+                        ),
+                        "decode_ungrouped_memory_efficiency": (
+                            block.decode_ungrouped_memory_efficiency
+                        ),
+                        "decode_ungrouped_kv_reread": block.decode_ungrouped_kv_reread,
+                    }
+                    if block.decode_grouped_max_heads
+                    else {}
+                ),
             },
             "degenerate": held_at,
         }
@@ -301,7 +352,7 @@ class ShapeCalibrator:
     def _at_bound(x, lo, hi, active) -> list[int]:
         """Active efficiencies at 1.0 and K0 / launch costs at their ceilings (degenerate)."""
         stuck = []
-        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10):
+        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12):
             if not active[i]:
                 continue
             span = hi[i] - lo[i]
@@ -337,13 +388,13 @@ def _rounded(stats: dict) -> dict:
 
 
 def _param_value(i: int, raw: float) -> float:
-    if i in (0, 1):
+    if i in (0, 1, 12):
         return float(np.exp(raw))
     if i == 3:
         return float(raw * 100.0)
     if i == 4:
         return float(np.exp(raw))
-    if i in (2, 6):
+    if i in (2, 6, 11):
         return float(raw * 1e-6)
     return float(raw)
 

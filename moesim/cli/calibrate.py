@@ -169,8 +169,20 @@ def _print_fit(cal, profile, path: Path, as_json: bool) -> None:
     ):
         table.add_column(col, justify="left" if col in ("class", "impl", "parameters") else "right")
     for cls, r in report["classes"].items():
-        params = ", ".join(f"{k}={v}" for k, v in r["params"].items() if not isinstance(v, dict))
-        by_dtype = r["params"].get("compute_efficiency_by_dtype")
+        fitted = r.get("params")
+        if fitted is None:  # the shape model: one parameter block per format
+            fitted = {
+                f"{fmt}.{k}": v
+                for fmt, block in r.get("formats", {}).items()
+                for k, v in block.get("params", {}).items()
+                if k in _SHAPE_SUMMARY
+            }
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in fitted.items()
+            if not isinstance(v, dict | list)
+        )
+        by_dtype = fitted.get("compute_efficiency_by_dtype")
         if by_dtype:
             params += ", " + ", ".join(f"eta_c[{d}]={v}" for d, v in by_dtype.items())
         table.add_row(
@@ -182,6 +194,15 @@ def _print_fit(cal, profile, path: Path, as_json: bool) -> None:
     for cls, why in report.get("skipped", {}).items():
         console.print(f"[yellow]skipped {cls}:[/yellow] {why}")
     console.print(f"wrote {path}  ({profile.efficiency.source})")
+
+
+# the parameters of each format's block shown in the table (--json has them all)
+_SHAPE_SUMMARY = (
+    "compute_efficiency",
+    "memory_efficiency",
+    "launch_overhead_us",
+    "wave_overhead_us",
+)
 
 
 def validate(

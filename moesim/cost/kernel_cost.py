@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.cost.roofline import RooflineParams, floor_s, op_time_s
+from moesim.cost.roofline import RooflineParams, decode_attention_time_s, floor_s, op_time_s
 from moesim.spec.dtypes import dtype_bytes
 
 
@@ -234,12 +234,25 @@ def attention_cost(
     pairs = b * s
     flops = 4.0 * pairs * num_heads * head_dim
     io = 2.0 * pairs * num_kv_heads * head_dim * kvb + 2.0 * b * num_heads * head_dim * ab
-    # CTAs: one per (sequence, KV head) (FlashInfer / TensorRT-LLM XQA decode): m = sequences,
-    # n = KV heads, for the wave and memory-parallelism terms.
-    return _time(
-        hw, "attention_decode", dtype, flops, io, m=b, n=np.asarray(num_kv_heads, dtype=float),
-        efficiency=efficiency, eager=eager,
+    # The engine's decode kernel for the shape: grouped (one CTA per sequence, KV head and key
+    # chunk) or per query head (roofline.decode_attention_time_s).
+    eff = (efficiency or hw.efficiency).for_class("attention_decode")
+    params = RooflineParams.from_efficiency(eff, dtype)
+    peak, bw = hw.peak(dtype), hw.hbm_bandwidth_bytes_per_s
+    hkv = np.asarray(num_kv_heads, dtype=float)
+    t = decode_attention_time_s(
+        flops, io, kv_bytes=2.0 * pairs * hkv * head_dim * kvb, seqs=b, kv_heads=hkv,
+        q_per_kv=np.asarray(num_heads, dtype=float) / hkv, keys=s, kv_bytes_per_element=kvb,
+        peak_flops_per_s=peak, hbm_bytes_per_s=bw, params=params, num_sms=hw.num_sms,
+        eager=eager,
     )  # fmt: skip
+    return {
+        "latency_s": t,
+        "flops": np.asarray(flops, dtype=float),
+        "hbm_bytes": np.asarray(io, dtype=float),
+        "floor_s": floor_s(flops, io, peak, bw),
+        "bound": np.where(np.asarray(flops) / peak >= np.asarray(io) / bw, "compute", "memory"),
+    }
 
 
 def permute_cost(

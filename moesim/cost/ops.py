@@ -48,6 +48,11 @@ class Op:
     k: np.ndarray | None = None  # reduction length per output tile (GEMM K, attention keys)
     fmt: str = ""  # weight format of a GEMM's weights (picks the format's own kernel block)
     gather_bytes: np.ndarray | None = None  # of hbm_bytes: an MoE's token permute / combine
+    # decode attention (roofline.decode_attention_time_s): m = sequences, n = KV heads, k = keys
+    # per sequence; the K/V-cache part of hbm_bytes, query heads per KV head, KV element bytes
+    kv_bytes: np.ndarray | None = None
+    q_per_kv: np.ndarray | None = None
+    kv_bytes_per_element: float | np.ndarray = 2.0
     # communication
     message_bytes: np.ndarray = field(default_factory=lambda: np.asarray(0.0))
     group_size: np.ndarray = field(default_factory=lambda: np.asarray(1.0))
@@ -336,10 +341,13 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
             flops = 4.0 * pairs * H * d
             io = 2.0 * keys * Hkv * d * kvb + 2.0 * T * H * d * ab
-            # CTAs per (sequence, KV head) (kernel_cost.attention_cost)
+            # The engine's decode kernel: CTAs per (sequence, KV head) or per query head
+            # (kernel_cost.attention_cost, roofline.decode_attention_time_s)
             ops.append(
-                Op(name, "attention", "attention_decode", count, flops, io, "bf16", s.seqs, Hkv)
-            )
+                Op(name, "attention", "attention_decode", count, flops, io, "bf16", s.seqs, Hkv,
+                   k=keys / np.maximum(s.seqs, 1e-30), kv_bytes=2.0 * keys * Hkv * d * kvb,
+                   q_per_kv=H / Hkv, kv_bytes_per_element=kvb)
+            )  # fmt: skip
     # Rotary embedding reads and writes q and k in place (vLLM rotary_embedding kernel);
     # reshape_and_cache reads the new K and V and writes them into the paged cache.
     ops.append(memory_op("attn.rope", "attention", 2.0 * T * (H + Hkv) * d * ab, per_layer))

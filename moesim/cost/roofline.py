@@ -24,9 +24,16 @@ Everything broadcasts over numpy arrays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+_DECODE_FIELDS = (
+    "decode_grouped_max_heads", "decode_grouped_min_blocks_per_sm",
+    "decode_ungrouped_min_kv_bytes", "decode_split_kv_tokens", "decode_split_kv_target_waves",
+    "decode_ungrouped_wave_overhead_s", "decode_ungrouped_memory_efficiency",
+    "decode_ungrouped_kv_reread",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,14 @@ class RooflineParams:
     split_k: bool = True
     act_quant_bytes_per_element: float = 0.0
     act_quant_launch_s: float = 0.0
+    decode_grouped_max_heads: int = 0
+    decode_grouped_min_blocks_per_sm: float = 0.0
+    decode_ungrouped_min_kv_bytes: float = 0.0
+    decode_split_kv_tokens: int = 0
+    decode_split_kv_target_waves: float = 0.0
+    decode_ungrouped_wave_overhead_s: float = 0.0
+    decode_ungrouped_memory_efficiency: float = 0.0
+    decode_ungrouped_kv_reread: float = 1.0
 
     @classmethod
     def from_efficiency(cls, eff, dtype: str, fmt: str = "") -> RooflineParams:
@@ -72,6 +87,7 @@ class RooflineParams:
             split_k=getattr(block, "split_k", True),
             act_quant_bytes_per_element=getattr(block, "act_quant_bytes_per_element", 0.0),
             act_quant_launch_s=getattr(block, "act_quant_launch_s", 0.0),
+            **{f: getattr(block, f) for f in _DECODE_FIELDS if hasattr(block, f)},
         )
 
 
@@ -219,6 +235,101 @@ def op_time_s(
         host = np.asarray(launches, dtype=float) * params.host_launch_s
         t = np.where(eager, np.maximum(t, host), t)
     return t
+
+
+def split_kv_chunks(seqs, ctas_per_seq, keys, params: RooflineParams, num_sms: int) -> np.ndarray:
+    """Chunks each sequence's keys are cut into by a split-KV ("multi-block") decode kernel.
+
+    TensorRT-LLM computeMultiBlockCount: keys // split_kv_tokens chunks (at least 1), shrunk by
+    the factor the CTAs exceed split_kv_target_waves waves, at most one per SM. 1 when off.
+    """
+    keys = np.asarray(keys, dtype=float)
+    if params.decode_split_kv_tokens <= 0:
+        return np.ones_like(keys)
+    chunks = np.maximum(np.floor(keys / params.decode_split_kv_tokens), 1.0)
+    if params.decode_split_kv_target_waves > 0:
+        waves = np.asarray(seqs, dtype=float) * np.asarray(ctas_per_seq, dtype=float) * chunks
+        over = waves / num_sms / params.decode_split_kv_target_waves
+        chunks = np.where(over > 1.0, np.floor(chunks / np.maximum(over, 1.0)), chunks)
+    return np.clip(chunks, 1.0, float(num_sms))
+
+
+def decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes_per_element, params, num_sms):
+    """Whether the engine runs its grouped decode kernel (else the per-query-head fallback).
+
+    TensorRT-LLM DecoderXQARunner::shouldUse: XQA supports <= 32 query heads per KV head and is
+    chosen when sequences x KV heads x max(1, keys // 128) x 4 >= SMs, or when the KV cache is fp8
+    (masked MHA, the fallback, cannot read bf16 queries over an e4m3 cache). All grouped when
+    ``decode_grouped_max_heads`` is 0 (FlashInfer / FlashAttention decode).
+    """
+    g = np.asarray(q_per_kv, dtype=float)
+    if params.decode_grouped_max_heads <= 0:
+        return np.ones(np.shape(g), bool)
+    supported = g <= params.decode_grouped_max_heads
+    tokens = params.decode_split_kv_tokens or 1
+    blocks = (
+        np.asarray(seqs, dtype=float)
+        * np.asarray(kv_heads, dtype=float)
+        * np.maximum(np.floor(np.asarray(keys, dtype=float) / tokens), 1.0)
+    )
+    fills = blocks >= params.decode_grouped_min_blocks_per_sm * num_sms
+    fallback_reads = np.asarray(kv_bytes_per_element, dtype=float) >= (
+        params.decode_ungrouped_min_kv_bytes
+    )
+    return supported & (fills | ~fallback_reads)
+
+
+def decode_attention_time_s(
+    flops,
+    hbm_bytes,
+    *,
+    kv_bytes,
+    seqs,
+    kv_heads,
+    q_per_kv,
+    keys,
+    kv_bytes_per_element,
+    peak_flops_per_s,
+    hbm_bytes_per_s: float,
+    params: RooflineParams,
+    num_sms: int,
+    launches=1,
+    eager=False,
+) -> np.ndarray:
+    """Decode attention (one query per sequence and head) on the engine's kernel for the shape.
+
+    Grouped (FlashInfer, FlashAttention decode, TensorRT-LLM XQA): one CTA per (sequence, KV
+    head, key chunk) serves every query head of its KV head, so K/V are read once. Ungrouped
+    (TensorRT-LLM masked MHA): one CTA per (sequence, query head, key chunk), each streaming its
+    KV head again; ``decode_ungrouped_kv_reread`` of those repeats reach HBM (the rest hit L2).
+    ``kv_bytes`` is the K/V-cache part of ``hbm_bytes``. Both paths are
+    :func:`op_time_s` with m = sequences x chunks and n = heads per sequence (the CTA grid).
+    """
+    seqs = np.asarray(seqs, dtype=float)
+    kv_heads = np.asarray(kv_heads, dtype=float)
+    g = np.asarray(q_per_kv, dtype=float)
+    grouped = decode_uses_grouped(seqs, kv_heads, g, keys, kv_bytes_per_element, params, num_sms)
+    common = dict(
+        peak_flops_per_s=peak_flops_per_s, hbm_bytes_per_s=hbm_bytes_per_s, num_sms=num_sms,
+        launches=launches, eager=eager,
+    )  # fmt: skip
+    chunks = split_kv_chunks(seqs, kv_heads, keys, params, num_sms)
+    t = op_time_s(flops, hbm_bytes, params=params, m=seqs * chunks, n=kv_heads, **common)
+    if np.all(grouped):
+        return t
+    q_heads = kv_heads * g
+    chunks_u = split_kv_chunks(seqs, q_heads, keys, params, num_sms)
+    extra = np.asarray(kv_bytes, dtype=float) * np.maximum(g - 1.0, 0.0)
+    ungrouped = replace(
+        params,
+        wave_overhead_s=params.decode_ungrouped_wave_overhead_s,
+        memory_efficiency=params.decode_ungrouped_memory_efficiency or params.memory_efficiency,
+    )
+    t_u = op_time_s(
+        flops, np.asarray(hbm_bytes, dtype=float) + extra * params.decode_ungrouped_kv_reread,
+        params=ungrouped, m=seqs * chunks_u, n=q_heads, **common,
+    )  # fmt: skip
+    return np.where(grouped, t, t_u)
 
 
 def floor_s(flops, hbm_bytes, peak_flops_per_s, hbm_bytes_per_s: float) -> np.ndarray:

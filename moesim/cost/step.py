@@ -26,7 +26,7 @@ import numpy as np
 
 from moesim.cost import collectives_ext, comm, fitted_comm, overlap, straggler
 from moesim.cost.ops import EAGER_HOST_LAUNCH_S, Op, graph_captured, step_ops
-from moesim.cost.roofline import RooflineParams, floor_s, op_time_s
+from moesim.cost.roofline import RooflineParams, decode_attention_time_s, floor_s, op_time_s
 from moesim.spec.deployment import Layout
 from moesim.spec.hardware import normalize_dtype
 
@@ -78,19 +78,27 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                 eff = hw.efficiency.for_class(op.kernel_class)
                 params_cache[key] = RooflineParams.from_efficiency(eff, op.dtype, op.fmt)
             peak = hw.peak(op.dtype)
-            t = op_time_s(
-                op.flops,
-                op.hbm_bytes,
-                peak_flops_per_s=peak,
-                hbm_bytes_per_s=bw,
-                params=params_cache[key],
-                num_sms=hw.num_sms,
-                m=op.m,
-                n=op.n,
-                launches=op.launches,
-                k=op.k,
-                gather_bytes=op.gather_bytes,
-            )
+            if op.q_per_kv is not None:
+                t = decode_attention_time_s(
+                    op.flops, op.hbm_bytes, kv_bytes=op.kv_bytes, seqs=op.m, kv_heads=op.n,
+                    q_per_kv=op.q_per_kv, keys=op.k, kv_bytes_per_element=op.kv_bytes_per_element,
+                    peak_flops_per_s=peak, hbm_bytes_per_s=bw, params=params_cache[key],
+                    num_sms=hw.num_sms, launches=op.launches,
+                )  # fmt: skip
+            else:
+                t = op_time_s(
+                    op.flops,
+                    op.hbm_bytes,
+                    peak_flops_per_s=peak,
+                    hbm_bytes_per_s=bw,
+                    params=params_cache[key],
+                    num_sms=hw.num_sms,
+                    m=op.m,
+                    n=op.n,
+                    launches=op.launches,
+                    k=op.k,
+                    gather_bytes=op.gather_bytes,
+                )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")
             flops, hbm = op.flops * count, op.hbm_bytes * count

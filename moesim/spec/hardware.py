@@ -117,6 +117,27 @@ class KernelEfficiency(BaseModel):
     gather_efficiency: float = Field(0.0, ge=0, le=1)
     tile_candidates: list[list[int]] = []
     split_k: bool = True
+    # Decode attention kernel choice of the engine (moesim.cost.roofline.decode_attention_time_s;
+    # all off by default: one grouped kernel, one CTA per (sequence, KV head)). TensorRT-LLM
+    # runs its grouped XQA kernel only for <= 32 query heads per KV head and only when the work
+    # fills the GPU (blocks x 4 >= SMs, blocks = sequences x KV heads x max(1, keys // 128)),
+    # unless the KV cache is below 2 bytes per element (fp8), which its fallback, the masked MHA
+    # kernel (one CTA per (sequence, query head)), cannot read (decoderXQARunner mayHavePerfGain /
+    # shouldUse; decoderXQAImplJIT supportConfigQGMMA / supportConfigHMMA). Split-KV
+    # ("multi-block") cuts each sequence's keys in chunks of split_kv_tokens, then shrinks the
+    # chunk count until the CTAs fill at most split_kv_target_waves waves
+    # (computeMultiBlockCount). These are the engine's dispatch constants, read from its source.
+    decode_grouped_max_heads: int = Field(0, ge=0, le=1024)  # 0: every shape grouped
+    decode_grouped_min_blocks_per_sm: float = Field(0.0, ge=0, le=64)
+    decode_ungrouped_min_kv_bytes: float = Field(0.0, ge=0, le=8)
+    decode_split_kv_tokens: int = Field(0, ge=0, le=1 << 20)  # 0: no split-KV
+    decode_split_kv_target_waves: float = Field(0.0, ge=0, le=1024)
+    # The ungrouped (per query head) kernel's own fitted terms: the cost of each wave of its
+    # CTAs, its memory efficiency, and the share of the repeated K/V reads (one per query head
+    # of a KV head) that miss L2 and go to HBM.
+    decode_ungrouped_wave_overhead_s: float = Field(0.0, ge=0, le=1e-3)
+    decode_ungrouped_memory_efficiency: float = Field(0.0, ge=0, le=1)
+    decode_ungrouped_kv_reread: float = Field(1.0, ge=0, le=1)
     # Activation quantisation the measured kernel included (a bf16 -> fp8 pass over the m x k
     # input before the GEMM): bytes moved per input element and its launch cost. Fitted so that
     # such rows calibrate the GEMM itself; the step model prices quantisation as its own

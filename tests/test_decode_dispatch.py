@@ -1,0 +1,144 @@
+"""Decode attention on the engine's kernel for the shape, held against TensorRT-LLM's own rules
+(decoderXQARunner::shouldUse, computeMultiBlockCount) worked by hand, and against hand arithmetic
+for the time of each path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moesim.calibrate.shape_fit import TRTLLM_DECODE_DISPATCH
+from moesim.cost.roofline import (
+    RooflineParams,
+    decode_attention_time_s,
+    decode_uses_grouped,
+    floor_s,
+    op_time_s,
+    split_kv_chunks,
+)
+
+SMS = 132  # H100 / H200 SXM
+BW = 3.35e12
+PEAK = 989.4e12
+TRT = RooflineParams(
+    compute_efficiency=1.0, memory_efficiency=0.5, launch_overhead_s=0.0, ridge_sharpness=64.0,
+    tile_candidates=((1, 1),), split_k=False, **TRTLLM_DECODE_DISPATCH,
+    decode_ungrouped_wave_overhead_s=1e-6, decode_ungrouped_memory_efficiency=0.25,
+    decode_ungrouped_kv_reread=0.5,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "seqs,kv_heads,q_per_kv,keys,kv_bytes,grouped",
+    [
+        # 48 query heads per KV head: XQA has no kernel for groups above 32 -> masked MHA
+        (1024, 4, 48, 4096, 2, False),
+        (1024, 4, 48, 4096, 1, False),
+        # batch 1, 1 KV head, 2048 keys, bf16: blocks 1 x 1 x 16 = 16; 16 x 4 = 64 < 132 -> MMHA
+        (1, 1, 8, 2048, 2, False),
+        # the same with an fp8 cache: MMHA cannot read it, XQA runs anyway
+        (1, 1, 8, 2048, 1, True),
+        # batch 3: 3 x 16 = 48; 48 x 4 = 192 >= 132 -> XQA
+        (3, 1, 8, 2048, 2, True),
+        # batch 2, 8 KV heads, 100 keys: max(1, 100 // 128) = 1 block each, 16 x 4 = 64 -> MMHA
+        (2, 8, 4, 100, 2, False),
+        # 32 heads per KV head is still XQA's
+        (64, 1, 32, 1024, 2, True),
+    ],
+)
+def test_trtllm_kernel_choice_by_hand(seqs, kv_heads, q_per_kv, keys, kv_bytes, grouped):
+    got = decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes, TRT, SMS)
+    assert bool(got) is grouped
+
+
+def test_split_kv_chunks_by_hand():
+    # 1 sequence x 8 heads, 4096 keys: 4096 // 128 = 32 chunks, 8 x 32 / 132 = 1.9 waves <= 8
+    assert split_kv_chunks(1, 8, 4096, TRT, SMS) == 32
+    # 64 x 8 x 32 / 132 = 124.1 waves; 124.1 / 8 = 15.5 -> floor(32 / 15.5) = 2 chunks
+    assert split_kv_chunks(64, 8, 4096, TRT, SMS) == 2
+    # short contexts are one chunk; the chunk count never passes the SM count
+    assert split_kv_chunks(1, 1, 100, TRT, SMS) == 1
+    assert split_kv_chunks(1, 1, 10**7, TRT, SMS) == SMS
+    off = RooflineParams(compute_efficiency=1.0, memory_efficiency=1.0, launch_overhead_s=0.0)
+    assert split_kv_chunks(1, 1, 10**6, off, SMS) == 1
+
+
+def test_ungrouped_time_by_hand():
+    # batch 1, 1 KV head, 4 query heads, head dim 128, 1024 keys, bf16 cache: MMHA
+    kv = 2 * 1024 * 1 * 128 * 2  # K and V of 1024 keys, 2 bytes
+    qo = 2 * 1 * 4 * 128 * 2  # query in, output out
+    flops = 4 * 1024 * 4 * 128
+    t = decode_attention_time_s(
+        flops, kv + qo, kv_bytes=kv, seqs=1, kv_heads=1, q_per_kv=4, keys=1024,
+        kv_bytes_per_element=2, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=TRT,
+        num_sms=SMS,
+    )  # fmt: skip
+    # 3 more query heads re-read the KV head, half of it from HBM; 25 % of the bandwidth
+    hbm = kv + qo + 3 * kv * 0.5
+    chunks = 1024 // 128  # 1 x 4 x 8 / 132 waves: no shrink
+    waves = math.ceil(1 * 4 * chunks / SMS)
+    # the wave cost is compute-side time (CTA prologue / epilogue): max(t_c + waves t_w, t_m)
+    expect = max(flops / PEAK + waves * 1e-6, hbm / (BW * 0.25))
+    assert t == pytest.approx(expect, rel=1e-6)
+
+
+def test_grouped_time_by_hand():
+    # batch 64, 8 KV heads, 4 query heads each, 4096 keys, bf16 cache: XQA, 2 chunks (above)
+    seqs, hkv, g, keys, d = 64, 8, 4, 4096, 128
+    kv = 2 * seqs * keys * hkv * d * 2
+    qo = 2 * seqs * hkv * g * d * 2
+    flops = 4 * seqs * keys * hkv * g * d
+    params = RooflineParams(**{**TRT.__dict__, "wave_overhead_s": 1e-4})  # waves dominate
+    t = decode_attention_time_s(
+        flops, kv + qo, kv_bytes=kv, seqs=seqs, kv_heads=hkv, q_per_kv=g, keys=keys,
+        kv_bytes_per_element=2, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=params,
+        num_sms=SMS,
+    )  # fmt: skip
+    ctas = seqs * 2 * hkv  # 1,024 CTAs -> 8 waves of 132
+    expect = max(flops / PEAK + math.ceil(ctas / SMS) * 1e-4, (kv + qo) / (BW * 0.5))
+    assert t == pytest.approx(expect, rel=1e-6)
+
+
+def test_no_dispatch_is_the_plain_roofline():
+    """A profile without the engine's rules prices decode as before: one CTA per (seq, KV head)."""
+    plain = RooflineParams(
+        compute_efficiency=0.5, memory_efficiency=0.8, launch_overhead_s=3e-6,
+        memory_parallelism_ctas=4.0, wave_overhead_s=1e-6, tile_candidates=((1, 1),),
+    )  # fmt: skip
+    b = np.array([1.0, 8.0, 256.0])
+    kv = 2 * b * 2048 * 8 * 128 * 2
+    a = decode_attention_time_s(
+        4 * b * 2048 * 64 * 128, kv, kv_bytes=kv, seqs=b, kv_heads=8, q_per_kv=64, keys=2048,
+        kv_bytes_per_element=2, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=plain,
+        num_sms=SMS,
+    )  # fmt: skip
+    ref = op_time_s(
+        4 * b * 2048 * 64 * 128, kv, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=plain,
+        num_sms=SMS, m=b, n=8,
+    )  # fmt: skip
+    np.testing.assert_allclose(a, ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seqs=st.integers(1, 4096),
+    kv_heads=st.integers(1, 64),
+    q_per_kv=st.sampled_from([1, 2, 4, 8, 16, 32, 48, 64, 128]),
+    keys=st.integers(1, 200_000),
+    kv_bytes=st.sampled_from([1, 2]),
+)
+def test_either_kernel_never_beats_the_datasheet_floor(seqs, kv_heads, q_per_kv, keys, kv_bytes):
+    d = 128
+    kv = 2.0 * seqs * keys * kv_heads * d * kv_bytes
+    io = kv + 4.0 * seqs * kv_heads * q_per_kv * d
+    flops = 4.0 * seqs * keys * kv_heads * q_per_kv * d
+    t = decode_attention_time_s(
+        flops, io, kv_bytes=kv, seqs=seqs, kv_heads=kv_heads, q_per_kv=q_per_kv, keys=keys,
+        kv_bytes_per_element=kv_bytes, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=TRT,
+        num_sms=SMS,
+    )  # fmt: skip
+    assert np.isfinite(t) and t >= floor_s(flops, io, PEAK, BW) * (1 - 1e-12)
