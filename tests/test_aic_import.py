@@ -504,3 +504,18 @@ def test_validate_notes_a_profile_fitted_on_another_moe_kernel(capsys):
     report = json.loads(out)
     assert "grouped_gemm" not in report["classes"]
     assert "represents triton" in report["skipped"]["grouped_gemm"]
+
+
+def test_the_engines_default_moe_kernel_is_fitted_per_format():
+    """vLLM and SGLang run their fused Triton MoE by default (FlashInfer CUTLASS is opt-in),
+    TensorRT-LLM its CUTLASS MoE: the block of each format represents that kernel; a format
+    timed only with an opt-in backend is not fitted."""
+    pick = aic.engine_default_moe_impl
+    assert pick(["sglang_flashinfer_cutlass_moe", "sglang_fused_moe_triton"]) == (
+        "sglang_fused_moe_triton"
+    )
+    assert pick(["vllm_fp8moe_flashinfer_cutlass_flashinferexperts",
+                 "vllm_fp8moe_triton_tritonexperts"]) == "vllm_fp8moe_triton_tritonexperts"  # fmt: skip
+    assert pick(["moe_torch_flow_cutlass", "moe_torch_flow_nongated"]) == "moe_torch_flow_cutlass"
+    assert pick(["vllm_modeloptfp8moe_flashinfer_cutlass_flashinferexperts"]) is None
+    assert pick([]) is None

@@ -295,6 +295,23 @@ def test_eager_steps_pay_host_launches_beyond_the_graph_capture_size():
     assert t[1] >= t[0] and t[1] >= launches * EAGER_HOST_LAUNCH_S
 
 
+def test_prefill_graphs_follow_each_engine():
+    """vLLM V1 replays prefill / mixed batches of up to 512 tokens from piecewise CUDA graphs;
+    TensorRT-LLM (graphs for generation-only batches) and SGLang (decode graphs) launch prefill
+    from the host, so a short prompt there pays at least its kernels x the host launch cost."""
+    from moesim.cost.ops import EAGER_HOST_LAUNCH_S, graph_captured
+
+    tokens = np.array([128.0, 4096.0])
+    assert list(graph_captured("vllm", "prefill", 1, tokens, 1)) == [True, False]
+    assert list(graph_captured(None, "prefill", 1, tokens, 1)) == [True, False]
+    for fw in ("trtllm", "sglang"):
+        assert not graph_captured(fw, "prefill", 1, tokens, 1).any()
+    m = load_model("llama-3.1-8b")
+    r = serving.predict_phase(m, H100, Layout(framework="sglang"), phase="prefill", batch=1,
+                              input_len=16)  # fmt: skip
+    assert float(r["ttft_s"]) >= 32 * 14 * EAGER_HOST_LAUNCH_S  # >= ~14 kernels per layer
+
+
 def test_fused_allreduce_rmsnorm_where_engines_fuse_it():
     m = load_model("llama-3.1-70b")
     kw = dict(phase="decode", batch=8, context_len=1024)

@@ -70,13 +70,14 @@ TABLES: dict[str, tuple[str, str | None]] = {
     "moe_perf": ("moe", None),
     "context_attention_perf": ("attention", None),
     "generation_attention_perf": ("attention", None),
+    "generation_mla_perf": ("mla", None),
     "nccl_perf": ("comm", "nccl"),
     "custom_allreduce_perf": ("comm", None),
     "moe_a2a_perf": ("comm", None),
     "wideep_deepep_ll_perf": ("comm", None),
     "wideep_deepep_normal_perf": ("comm", None),
 }
-PIN_GROUPS = ("gemm", "moe", "attention", "comm", "nccl")
+PIN_GROUPS = ("gemm", "moe", "attention", "mla", "comm", "nccl")
 # Columns read per table (those present; pyarrow reads nothing else).
 COMMON_COLS = ["framework", "version", "device", "kernel_source"]
 COLUMNS = {
@@ -100,6 +101,11 @@ COLUMNS = {
                                   "combine_notify_us"],
 }  # fmt: skip
 COLUMNS["generation_attention_perf"] = COLUMNS["context_attention_perf"]
+COLUMNS["generation_mla_perf"] = ["mla_dtype", "kv_cache_dtype", "num_heads", "batch_size", "isl",
+                                  "step", "latency"]  # fmt: skip
+# DeepSeek-V2/V3 latent attention (config.json kv_lora_rank, qk_rope_head_dim): the only MLA
+# geometry AIC's generation_mla_perf tables time.
+MLA_KV_LORA_RANK, MLA_ROPE_DIM = 512, 64
 
 # AIC dtype strings -> the dtype moesim computes in. Formats whose weights and math differ
 # (weight-only int4/int8, W4A16 / W4A8 MXFP4) have no single moesim dtype and are left out.
@@ -748,6 +754,41 @@ def convert_generation_attention(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[
     return _attention(raw, "decode")
 
 
+def convert_generation_mla(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """MLA decode core rows (one new token per sequence; ``num_heads`` are one GPU's heads).
+
+    Each cache format is its own kernel, so the row's ``format`` is the KV-cache format (one
+    fitted block per cache format); FLOPs and bytes are :func:`moesim.cost.kernel_cost.mla_decode_cost`'s.
+    """
+    why: dict[str, int] = {}
+    fmt_kv = raw["kv_cache_dtype"].astype(str)
+    kv_ok = fmt_kv.isin(list(COMPUTE_DTYPE))
+    for f, n in fmt_kv[~kv_ok].value_counts().items():
+        why[f"kv_format_{f}_unknown"] = int(n)
+    raw = _supported(raw[kv_ok].reset_index(drop=True), "mla_dtype", why)
+    fmt, fmt_kv = raw["mla_dtype"].astype(str), raw["kv_cache_dtype"].astype(str)
+    out = _base(raw, "attention_decode_mla", raw["kernel_source"].astype(str), fmt_kv)
+    out["dtype"] = fmt.map(COMPUTE_DTYPE)
+    out["kv_dtype"] = fmt_kv.map(COMPUTE_DTYPE)
+    b = pd.to_numeric(raw["batch_size"]).to_numpy(dtype=float)
+    isl = pd.to_numeric(raw["isl"]).to_numpy(dtype=np.int64)
+    step = pd.to_numeric(raw["step"], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+    ctx = isl + step  # tokens in the cache when the step's query attends
+    h = pd.to_numeric(raw["num_heads"]).to_numpy(dtype=float)
+    ab, kvb = _dtype_bytes(out["dtype"]), _dtype_bytes(out["kv_dtype"])
+    r, rope = MLA_KV_LORA_RANK, MLA_ROPE_DIM
+    out["batch"], out["num_heads"], out["context_len"] = raw["batch_size"], raw["num_heads"], ctx
+    out["seq_len"], out["causal"] = 1, False
+    out["flops"] = 2.0 * b * ctx * h * (2 * r + rope)
+    out["hbm_bytes"] = b * ctx * (r + rope) * kvb + b * h * (2 * r + rope) * ab
+    out["shape_key"] = (
+        "mla_b" + _i(raw["batch_size"]) + "_c" + _s(ctx) + "_h" + _i(raw["num_heads"]) + "_"
+        + fmt + "_kv" + fmt_kv + "_" + out["impl"]
+    )  # fmt: skip
+    out["median_s"] = pd.to_numeric(raw["latency"]).to_numpy(dtype=float) * MS
+    return out, why
+
+
 def _collective(raw, kind, impl, dtype_col) -> tuple[pd.DataFrame, dict[str, int]]:
     why: dict[str, int] = {}
     fmt = raw[dtype_col].astype(str)
@@ -891,6 +932,7 @@ CONVERTERS = {
     "moe_perf": convert_moe,
     "context_attention_perf": convert_context_attention,
     "generation_attention_perf": convert_generation_attention,
+    "generation_mla_perf": convert_generation_mla,
     "nccl_perf": convert_nccl,
     "custom_allreduce_perf": convert_custom_allreduce,
     "moe_a2a_perf": convert_moe_a2a,
@@ -976,6 +1018,24 @@ NOTE_CUSTOM_AR = (
 )
 
 
+# The MoE kernels engines run by default on Hopper, in AIC's implementation names: vLLM's and
+# SGLang's fused Triton MoE (vLLM fused_moe / TritonExperts, also for FP8 unless
+# VLLM_USE_FLASHINFER_MOE_FP8 is set; SGLang --moe-runner-backend auto -> triton), TensorRT-LLM's
+# CUTLASS MoE (its PyTorch-flow default); FlashInfer CUTLASS backends are opt-in.
+DEFAULT_MOE_IMPL_MARKERS = ("triton", "moe_torch_flow_cutlass")
+
+
+def engine_default_moe_impl(impls: list[str]) -> str | None:
+    """The implementation an engine runs by default among one format's MoE tables; None when
+    the format was timed only with opt-in backends (its rows are left out: the format is then
+    priced with the class's default block, the engine's default kernel in another format)."""
+    for marker in DEFAULT_MOE_IMPL_MARKERS:
+        for impl in sorted(impls):
+            if marker in impl:
+                return impl
+    return None
+
+
 def model_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """The rows a fit and a validation use, and {what: why} for the rows left out.
 
@@ -983,7 +1043,7 @@ def model_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     grouped_gemm block represents (:func:`~moesim.calibrate.measurements.choose_grouped_impl`),
     and engine custom all-reduce rows (see the NOTE_* texts).
     """
-    from moesim.calibrate.measurements import choose_grouped_impl, usable_rows
+    from moesim.calibrate.measurements import usable_rows
 
     df = usable_rows(df)
     skipped: dict[str, str] = {}
@@ -999,14 +1059,19 @@ def model_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
         if skew.any():
             skipped["grouped_gemm power-law"] = f"{int(skew.sum())} rows: {NOTE_POWER_LAW}"
         keep &= ~skew
-        impls = sorted(set(df.loc[moe & keep, "impl"]))
-        chosen = choose_grouped_impl(impls)
-        other = moe & keep & (df["impl"] != chosen).to_numpy()
+        fmts = df["format"].fillna("").astype(str).to_numpy()
+        impl = df["impl"].astype(str).to_numpy()
+        chosen = {}
+        for f in sorted(set(fmts[moe & keep])):
+            chosen[f] = engine_default_moe_impl(sorted(set(impl[moe & keep & (fmts == f)])))
+        picked = np.array([chosen.get(f) == i for f, i in zip(fmts, impl, strict=True)])
+        other = moe & keep & ~picked
         if other.any():
             names = ", ".join(sorted(set(df.loc[other, "impl"])))
+            which = ", ".join(f"{i} ({f})" for f, i in chosen.items() if i)
             skipped["grouped_gemm other impls"] = (
-                f"{int(other.sum())} rows of {names}: a grouped_gemm block represents one "
-                f"implementation ({chosen})"
+                f"{int(other.sum())} rows of {names}: a grouped_gemm block represents the "
+                f"engine's default MoE kernel per format ({which})"
             )
         keep &= ~other
     custom = (df["kernel_class"] == "allreduce").to_numpy() & (df["impl"] != "nccl").to_numpy()

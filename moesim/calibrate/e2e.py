@@ -51,7 +51,7 @@ AIC_MODELS = {
     "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
 }
 AIC_SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200"}
-AIC_DTYPES = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "fp4", "mxfp4": "fp4", "fp4": "fp4",
+AIC_DTYPES = {"fp8": "fp8", "fp8_block": "fp8-block", "nvfp4": "fp4", "mxfp4": "fp4", "fp4": "fp4",
               "bf16": "bf16", "float16": "fp16"}  # fmt: skip
 
 

@@ -21,7 +21,10 @@ import pandas as pd
 from moesim.errors import MoesimError
 
 CSV_FILES = ("gemm", "memory", "moe", "attention", "permute", "collectives")
-KERNEL_FIT_CLASSES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "memory")
+KERNEL_FIT_CLASSES = (
+    "gemm", "grouped_gemm", "attention_prefill", "attention_decode", "attention_decode_mla",
+    "memory",
+)  # fmt: skip
 FIT_CLASSES = (*KERNEL_FIT_CLASSES, "collectives")
 # kernel_class column value -> calibration block it is fitted into
 FIT_CLASS_OF = {
@@ -30,6 +33,7 @@ FIT_CLASS_OF = {
     "moe": "grouped_gemm",
     "attention_prefill": "attention_prefill",
     "attention_decode": "attention_decode",
+    "attention_decode_mla": "attention_decode_mla",
     "memory": "memory",
     "permute": "memory",
     "allreduce": "collectives",

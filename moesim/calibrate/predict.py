@@ -127,6 +127,18 @@ def _predict_group(hw, kind: str, dtype: str, df: pd.DataFrame, eff) -> np.ndarr
         res = _moe(hw, df, dtype, eff)
     elif kind in ("attention_prefill", "attention_decode"):
         return _attention(hw, kind, df, dtype, eff)
+    elif kind == "attention_decode_mla":
+        kv = df["kv_dtype"].astype(str).map(_dtype).to_numpy() if "kv_dtype" in df.columns else None
+        out = np.full(len(df), np.nan)
+        for kvd in set(kv) if kv is not None else {dtype}:
+            sel = (kv == kvd) if kv is not None else np.ones(len(df), bool)
+            part = df[sel]
+            res = kernel_cost.mla_decode_cost(
+                hw, _col(part, "batch"), _col(part, "context_len"), _col(part, "num_heads"), kvd,
+                dtype, efficiency=eff, eager=_eager(part),
+            )  # fmt: skip
+            out[sel] = np.broadcast_to(res["latency_s"], (int(sel.sum()),))
+        return out
     else:
         raise MoesimError(f"no kernel model for kernel_class {kind!r}")
     return np.broadcast_to(res["latency_s"], (len(df),)).astype(float)

@@ -17,6 +17,8 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
   tokens; K = hidden size.
 - Prefill attention: CTAs per (sequence, head, 128-query tile) over the SMs, K = keys per query
   (FlashAttention-3, arXiv 2407.08608).
+- MLA decode (DeepSeek's latent attention): the same terms with CTAs per sequence and 64 query
+  heads; compute-bound at many heads, where GQA decode never is, so a block of its own.
 - Decode attention: KV bytes / (eta_m * bandwidth) + t0 + a cost per wave of CTAs, on the
   engine's kernel for the shape (TensorRT-LLM: grouped XQA, or the per-query-head masked MHA
   fallback with its own wave cost, memory efficiency and L2 miss share of repeated K/V reads;
@@ -49,7 +51,11 @@ from moesim.spec.hardware import KernelEfficiency, normalize_format
 GEMM_TILES: tuple[tuple[int, int], ...] = ((64, 64), (64, 128), (128, 128), (128, 256))
 # Prefill attention: one CTA per 128 query rows of one head of one sequence (FA2/FA3 forward).
 ATTENTION_TILES: tuple[tuple[int, int], ...] = ((128, 1),)
-SHAPE_CLASSES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode")
+# MLA decode: one CTA per sequence and 64 query heads (FlashMLA's block of heads).
+MLA_DECODE_TILES: tuple[tuple[int, int], ...] = ((1, 64),)
+SHAPE_CLASSES = (
+    "gemm", "grouped_gemm", "attention_prefill", "attention_decode", "attention_decode_mla",
+)  # fmt: skip
 HELDOUT_FRACTION = 0.2
 LOSS, F_SCALE = "soft_l1", 0.1
 # Parameter vector: log eta_c, log eta_m, t0 [µs], K0 [x100 elements], log p, quantisation
@@ -201,14 +207,22 @@ class ShapeCalibrator:
             if self.framework_ == "trtllm":  # its kernel choice, or one grouped kernel
                 return [plain | {"decode": TRTLLM_DECODE_DISPATCH}, plain]
             return [plain]
+        if self.kernel_class == "attention_decode_mla":
+            # split-KV fills the SMs (tiles below the SM count idle none); keys cut in chunks
+            # of 2 tiles of 64 tokens, shrunk to 8 waves (TensorRT-LLM kXqaMlaTokensPerTile,
+            # kXqaMlaMultiBlockMinTilesPerCta, kTargetWaveFactor; FlashMLA's num_splits alike)
+            return [
+                {"tile_candidates": list(MLA_DECODE_TILES), "split_k": True,
+                 "split": {"decode_split_kv_tokens": 128, "decode_split_kv_target_waves": 8.0}}
+            ]  # fmt: skip
         return [{"tile_candidates": [], "split_k": True}]
 
     def _active(self, train: pd.DataFrame) -> np.ndarray:
         """Which parameters the class's rows can identify (others held at their start)."""
         active = np.ones(len(_NAMES), bool)
-        if self.kernel_class == "attention_decode":
+        if self.kernel_class in ("attention_decode", "attention_decode_mla"):
             active[3] = False  # no K-loop term: one query per sequence
-        if self.kernel_class not in ("gemm", "attention_decode"):
+        if self.kernel_class not in ("gemm", "attention_decode", "attention_decode_mla"):
             active[7] = False  # memory-level parallelism: CTA counts of GEMMs and decode
         if self.kernel_class != "gemm":
             active[8] = False  # operand overhead of GEMM tiles
@@ -246,7 +260,7 @@ class ShapeCalibrator:
                     "decode_ungrouped_kv_reread": float(np.clip(x[13], 0.0, 1.0)),
                 }
                 if "decode" in setting
-                else {}
+                else setting.get("split", {})
             ),
         )
 

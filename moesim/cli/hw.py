@@ -128,6 +128,8 @@ def _print_profile(profile) -> None:
     for name in KERNEL_CLASSES:
         k = eff.for_class(name)
         by_dtype = ", ".join(f"{d}: {v:g}" for d, v in k.compute_efficiency_by_dtype.items())
+        if getattr(eff, name) is None:  # an optional class priced with another block
+            by_dtype = "(not calibrated: priced as attention_decode)"
         table.add_row(
             name,
             fmt(k.compute_efficiency),

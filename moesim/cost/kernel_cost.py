@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.cost.roofline import RooflineParams, decode_attention_time_s, floor_s, op_time_s
+from moesim.cost.roofline import (
+    RooflineParams,
+    decode_attention_time_s,
+    floor_s,
+    mla_decode_rows,
+    op_time_s,
+)
 from moesim.spec.dtypes import dtype_bytes
 
 
@@ -253,6 +259,47 @@ def attention_cost(
         "floor_s": floor_s(flops, io, peak, bw),
         "bound": np.where(np.asarray(flops) / peak >= np.asarray(io) / bw, "compute", "memory"),
     }
+
+
+def mla_decode_cost(
+    hw,
+    batch,
+    context_len,
+    num_heads,
+    kv_dtype="bf16",
+    dtype="bf16",
+    kv_lora_rank: int = 512,
+    rope_dim: int = 64,
+    efficiency=None,
+    eager=False,
+) -> dict:
+    """Multi-head latent attention decode core (DeepSeek-V2/V3, FlashMLA), one new token per
+    sequence: W_UK absorbed into the query, so each of the ``num_heads`` heads of a sequence
+    scores the shared (r_kv + r_rope)-wide latent cache and sums r_kv-wide values over it —
+    2 x keys x heads x (2 r_kv + r_rope) FLOPs; the cache read once, the query and output moved
+    once (the same terms as the step model's MLA ``attn.core``). CTAs: one per sequence and
+    64 heads (FlashMLA); the cache format picks its kernel's block."""
+    b = np.asarray(batch, dtype=float)
+    s = np.asarray(context_len, dtype=float)
+    h = np.asarray(num_heads, dtype=float)
+    ab, kvb = dtype_bytes(dtype), dtype_bytes(kv_dtype)
+    width = kv_lora_rank + rope_dim
+    flops = 2.0 * b * s * h * (width + kv_lora_rank)
+    io = b * s * width * kvb + b * h * (2 * kv_lora_rank + rope_dim) * ab
+    eff = (efficiency or hw.efficiency).for_class("attention_decode_mla")
+    params = RooflineParams.from_efficiency(eff, dtype, kv_dtype)
+    if (efficiency or hw.efficiency).attention_decode_mla is None:
+        m = n = None  # priced as the profile's attention_decode block, grid-free
+    else:
+        m, n = mla_decode_rows(b, h, s, params, hw.num_sms), h
+    from moesim.cost.ops import KERNELS_PER_OP
+
+    # the kernels the step model launches for it (FlashMLA's kernel and split-KV combine)
+    launches = KERNELS_PER_OP[("attn.core", "decode", "mla")]
+    return _time(
+        hw, "attention_decode_mla", dtype, flops, io, m=m, n=n, launches=launches,
+        efficiency=efficiency, eager=eager, fmt=kv_dtype,
+    )  # fmt: skip
 
 
 def permute_cost(

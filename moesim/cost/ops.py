@@ -156,11 +156,16 @@ EAGER_HOST_LAUNCH_S = 12.6e-6
 def graph_captured(framework, phase: str, seqs, tokens, tp) -> np.ndarray:
     """Whether an engine replays this step from a CUDA graph (True) or launches it eagerly.
 
-    Decode: up to the engine's capture size (a generic engine: vLLM's). Prefill is launched
-    eagerly by every engine but is not host-bound at the chunk sizes they run, so it is
-    reported as captured (no host bound applied)."""
+    Decode: up to the engine's capture size (a generic engine: vLLM's). Prefill: vLLM V1
+    replays batches of up to its capture size in tokens from piecewise CUDA graphs (the default
+    FULL_AND_PIECEWISE cudagraph mode; attention runs between the pieces); TensorRT-LLM's
+    PyTorch backend captures generation-only batches (CudaGraphConfig) and SGLang decode only
+    (piecewise prefill graphs are opt-in), so their prefill steps are launched from the host and
+    a short prompt is host-bound."""
     if phase != "decode":
-        return np.ones(np.shape(tokens), dtype=bool)
+        if framework in ("trtllm", "sglang"):
+            return np.zeros(np.shape(tokens), dtype=bool)
+        return np.asarray(tokens, dtype=float) <= CUDA_GRAPH_MAX_BATCH["vllm"]
     limit = CUDA_GRAPH_MAX_BATCH[framework or "vllm"]
     if isinstance(limit, tuple):
         limit = np.where(np.asarray(tp) < 4, limit[0], limit[1])
@@ -282,17 +287,13 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             keys = s.seqs * (s.context + s.new_tokens)
             flops = 2.0 * pairs * H * ((r_kv + r_rope) + r_kv)
             io = keys * (r_kv + r_rope) * kvb + T * H * (2 * r_kv + r_rope) * ab
+            # MLA's own decode kernel (FlashMLA: one CTA per sequence and 64 query heads),
+            # one block per cache format (kernel_cost.mla_decode_cost)
             ops.append(
-                Op(
-                    "attn.core",
-                    "attention",
-                    "attention_decode",
-                    np.asarray(per_layer),
-                    flops,
-                    io,
-                    "bf16",
-                )
-            )
+                Op("attn.core", "attention", "attention_decode_mla", np.asarray(per_layer), flops,
+                   io, "bf16", s.seqs, np.asarray(H, dtype=float),
+                   keys / np.maximum(s.seqs, 1e-30), fmt=str(layout.kv_dtype))
+            )  # fmt: skip
         ops.append(gemm_op("attn.o", "attention", T, h, H * d_v, wb, ab, cdt, per_layer))
         # Rotary on the decoupled rope parts of q (H heads) and k (one shared head), in place;
         # concat_and_cache_mla writes the latent and k_pe of the new tokens to the cache.

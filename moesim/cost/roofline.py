@@ -254,6 +254,17 @@ def split_kv_chunks(seqs, ctas_per_seq, keys, params: RooflineParams, num_sms: i
     return np.clip(chunks, 1.0, float(num_sms))
 
 
+MLA_HEADS_PER_CTA = 64  # FlashMLA / TensorRT-LLM XQA-MLA: one CTA per 64 query heads
+
+
+def mla_decode_rows(seqs, heads, keys, params: RooflineParams, num_sms: int) -> np.ndarray:
+    """The ``m`` of an MLA decode call for :func:`op_time_s` (``n`` = heads, tile 1 x 64):
+    sequences x the split-KV chunks each sequence's keys are cut into."""
+    seqs = np.asarray(seqs, dtype=float)
+    per_seq = np.ceil(np.asarray(heads, dtype=float) / MLA_HEADS_PER_CTA)
+    return seqs * split_kv_chunks(seqs, per_seq, keys, params, num_sms)
+
+
 def decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes_per_element, params, num_sms):
     """Whether the engine runs its grouped decode kernel (else the per-query-head fallback).
 

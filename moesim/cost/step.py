@@ -26,7 +26,13 @@ import numpy as np
 
 from moesim.cost import collectives_ext, comm, fitted_comm, overlap, straggler
 from moesim.cost.ops import EAGER_HOST_LAUNCH_S, Op, graph_captured, step_ops
-from moesim.cost.roofline import RooflineParams, decode_attention_time_s, floor_s, op_time_s
+from moesim.cost.roofline import (
+    RooflineParams,
+    decode_attention_time_s,
+    floor_s,
+    mla_decode_rows,
+    op_time_s,
+)
 from moesim.spec.deployment import Layout
 from moesim.spec.hardware import normalize_dtype
 
@@ -86,6 +92,12 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                     num_sms=hw.num_sms, launches=op.launches,
                 )  # fmt: skip
             else:
+                m, n = op.m, op.n
+                if op.kernel_class == "attention_decode_mla":
+                    if hw.efficiency.attention_decode_mla is None:
+                        m = n = None  # priced as the profile's attention_decode, grid-free
+                    elif m is not None and op.k is not None:
+                        m = mla_decode_rows(m, n, op.k, params_cache[key], hw.num_sms)
                 t = op_time_s(
                     op.flops,
                     op.hbm_bytes,
@@ -93,8 +105,8 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                     hbm_bytes_per_s=bw,
                     params=params_cache[key],
                     num_sms=hw.num_sms,
-                    m=op.m,
-                    n=op.n,
+                    m=m,
+                    n=n,
                     launches=op.launches,
                     k=op.k,
                     gather_bytes=op.gather_bytes,

@@ -18,6 +18,8 @@ import hashlib
 import json
 import math
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,10 @@ DTYPE_ALIASES = {
     "nvfp4": "fp4",
     "mxfp4": "fp4",
 }
-KERNEL_CLASSES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode", "memory")
+KERNEL_CLASSES = (
+    "gemm", "grouped_gemm", "attention_prefill", "attention_decode", "attention_decode_mla",
+    "memory",
+)  # fmt: skip
 
 # SI attribute -> the unit suffix its YAML key is written with (and written back in).
 HUMAN_UNITS = {
@@ -327,6 +332,10 @@ class Efficiency(BaseModel):
     grouped_gemm: KernelEfficiency = KernelEfficiency()
     attention_prefill: KernelEfficiency = KernelEfficiency()
     attention_decode: KernelEfficiency = KernelEfficiency()
+    # Multi-head latent attention decode (FlashMLA / TensorRT-LLM MLA generation): every query
+    # head of a sequence reads one shared latent cache, so it is compute-bound where GQA decode
+    # is memory-bound, and is a kernel of its own. None: priced with attention_decode.
+    attention_decode_mla: KernelEfficiency | None = None
     memory: KernelEfficiency = KernelEfficiency()
     collectives: CollectiveEfficiency = CollectiveEfficiency()
     fit_report: dict[str, Any] = {}
@@ -335,7 +344,8 @@ class Efficiency(BaseModel):
         """The efficiency terms of one kernel class (``"gemm"``, ``"grouped_gemm"``, ...)."""
         if kernel_class not in KERNEL_CLASSES:
             raise unknown_name("kernel class", kernel_class, KERNEL_CLASSES)
-        return getattr(self, kernel_class)
+        block = getattr(self, kernel_class)
+        return self.attention_decode if block is None else block
 
 
 # --- the profile ----------------------------------------------------------------------------
@@ -521,6 +531,8 @@ def _human_value(field: str, value: Any) -> Any:
 def _efficiency_yaml(eff: Efficiency) -> dict[str, Any]:
     out: dict[str, Any] = {"source": eff.source}
     for block in (*KERNEL_CLASSES, "collectives"):
+        if getattr(eff, block) is None:  # an optional class the profile does not calibrate
+            continue
         values = getattr(eff, block).model_dump()
         out[block] = {
             yaml_key(k): _human_value(k, v)
@@ -848,6 +860,10 @@ class _Reader:
                 raise self.unknown(loc, key, line, model)
             self.where[loc + (field,)] = (".".join(loc + (key,)), line)
             nested = model.model_fields[field].annotation
+            optional = typing.get_origin(nested) in (typing.Union, types.UnionType)
+            if optional and value is not None:  # an optional block (X | None)
+                models = [a for a in typing.get_args(nested) if isinstance(a, type)]
+                nested = next((a for a in models if issubclass(a, BaseModel)), nested)
             if isinstance(nested, type) and issubclass(nested, BaseModel):
                 out[field] = self.block(value, nested, loc + (field,))
             elif field == "provenance":
