@@ -293,8 +293,15 @@ class ShapeCalibrator:
             alt = x0.copy()
             alt[3], alt[9] = 10.0, 3.0
             starts = [np.clip(x0, lo, hi), np.clip(alt, lo, hi)]
+            runs = [(st, x) for st in self._settings() for x in starts]
+            if best is not None:
+                # a refit after holding a parameter also starts where the last fit ended (held
+                # terms at their held value), so the other terms need not find their basin anew
+                warm = best[2].copy()
+                warm[fixed] = x0[fixed]
+                runs.append((best[1], np.clip(warm, lo, hi)))
             best = None
-            for setting, x_start in ((st, x) for st in self._settings() for x in starts):
+            for setting, x_start in runs:
 
                 def residuals(x, setting=setting):
                     eff = self.base.efficiency.model_copy(
