@@ -518,4 +518,6 @@ def test_the_engines_default_moe_kernel_is_fitted_per_format():
                  "vllm_fp8moe_triton_tritonexperts"]) == "vllm_fp8moe_triton_tritonexperts"  # fmt: skip
     assert pick(["moe_torch_flow_cutlass", "moe_torch_flow_nongated"]) == "moe_torch_flow_cutlass"
     assert pick(["vllm_modeloptfp8moe_flashinfer_cutlass_flashinferexperts"]) is None
+    assert pick(["moe_torch_flow"]) == "moe_torch_flow"  # TensorRT-LLM 1.0's name for it
+    assert pick(["moe_torch_flow_nongated"]) is None
     assert pick([]) is None

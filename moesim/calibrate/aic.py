@@ -1021,8 +1021,10 @@ NOTE_CUSTOM_AR = (
 # The MoE kernels engines run by default on Hopper, in AIC's implementation names: vLLM's and
 # SGLang's fused Triton MoE (vLLM fused_moe / TritonExperts, also for FP8 unless
 # VLLM_USE_FLASHINFER_MOE_FP8 is set; SGLang --moe-runner-backend auto -> triton), TensorRT-LLM's
-# CUTLASS MoE (its PyTorch-flow default); FlashInfer CUTLASS backends are opt-in.
+# CUTLASS MoE (its PyTorch-flow default; TensorRT-LLM 1.0 tables name it plain
+# "moe_torch_flow"); FlashInfer CUTLASS backends are opt-in.
 DEFAULT_MOE_IMPL_MARKERS = ("triton", "moe_torch_flow_cutlass")
+DEFAULT_MOE_IMPL_NAMES = ("moe_torch_flow",)
 
 
 def engine_default_moe_impl(impls: list[str]) -> str | None:
@@ -1033,7 +1035,7 @@ def engine_default_moe_impl(impls: list[str]) -> str | None:
         for impl in sorted(impls):
             if marker in impl:
                 return impl
-    return None
+    return next((i for i in sorted(impls) if i in DEFAULT_MOE_IMPL_NAMES), None)
 
 
 def model_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
