@@ -156,6 +156,7 @@ def print_overlap(phase: str, summary: dict) -> None:
 _CLASS_SHORT = {
     "attention_prefill": "attn-prefill",
     "attention_decode": "attn-decode",
+    "attention_decode_mla": "attn-mla",
     "grouped_gemm": "grouped-gemm",
 }
 
