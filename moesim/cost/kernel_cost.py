@@ -13,7 +13,7 @@ from moesim.cost.roofline import (
     RooflineParams,
     decode_attention_time_s,
     floor_s,
-    mla_decode_rows,
+    mla_decode_grid,
     op_time_s,
 )
 from moesim.spec.dtypes import dtype_bytes
@@ -286,12 +286,10 @@ def mla_decode_cost(
     width = kv_lora_rank + rope_dim
     flops = 2.0 * b * s * h * (width + kv_lora_rank)
     io = b * s * width * kvb + b * h * (2 * kv_lora_rank + rope_dim) * ab
-    eff = (efficiency or hw.efficiency).for_class("attention_decode_mla")
-    params = RooflineParams.from_efficiency(eff, dtype, kv_dtype)
-    if (efficiency or hw.efficiency).attention_decode_mla is None:
-        m = n = None  # priced as the profile's attention_decode block, grid-free
-    else:
-        m, n = mla_decode_rows(b, h, s, params, hw.num_sms), h
+    effs = efficiency or hw.efficiency
+    params = RooflineParams.from_efficiency(effs.for_class("attention_decode_mla"), dtype, kv_dtype)
+    calibrated = effs.attention_decode_mla is not None
+    m, n = mla_decode_grid(calibrated, b, h, s, params, hw.num_sms)
     from moesim.cost.ops import KERNELS_PER_OP
 
     # the kernels the step model launches for it (FlashMLA's kernel and split-KV combine)

@@ -265,6 +265,14 @@ def mla_decode_rows(seqs, heads, keys, params: RooflineParams, num_sms: int) -> 
     return seqs * split_kv_chunks(seqs, per_seq, keys, params, num_sms)
 
 
+def mla_decode_grid(calibrated: bool, seqs, heads, keys, params: RooflineParams, num_sms: int):
+    """(m, n) of an MLA decode call: the CTA grid when the profile calibrates the class, else
+    (None, None), the grid-free pricing of the ``attention_decode`` block it falls back to."""
+    if not calibrated or seqs is None or keys is None:
+        return None, None
+    return mla_decode_rows(seqs, heads, keys, params, num_sms), heads
+
+
 def decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes_per_element, params, num_sms):
     """Whether the engine runs its grouped decode kernel (else the per-query-head fallback).
 

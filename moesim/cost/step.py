@@ -30,7 +30,7 @@ from moesim.cost.roofline import (
     RooflineParams,
     decode_attention_time_s,
     floor_s,
-    mla_decode_rows,
+    mla_decode_grid,
     op_time_s,
 )
 from moesim.spec.deployment import Layout
@@ -94,10 +94,10 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
             else:
                 m, n = op.m, op.n
                 if op.kernel_class == "attention_decode_mla":
-                    if hw.efficiency.attention_decode_mla is None:
-                        m = n = None  # priced as the profile's attention_decode, grid-free
-                    elif m is not None and op.k is not None:
-                        m = mla_decode_rows(m, n, op.k, params_cache[key], hw.num_sms)
+                    m, n = mla_decode_grid(
+                        hw.efficiency.attention_decode_mla is not None, m, n, op.k,
+                        params_cache[key], hw.num_sms,
+                    )  # fmt: skip
                 t = op_time_s(
                     op.flops,
                     op.hbm_bytes,
