@@ -54,6 +54,11 @@ def _time(
         act_quant=act_quant,
         gather_bytes=gather_bytes,
     )
+    return _result(t, flops, hbm_bytes, peak, bw)
+
+
+def _result(t, flops, hbm_bytes, peak, bw) -> dict:
+    """The dict every kernel function returns: time, work, the datasheet floor and the bound."""
     return {
         "latency_s": t,
         "flops": np.asarray(flops, dtype=float),
@@ -252,13 +257,7 @@ def attention_cost(
         peak_flops_per_s=peak, hbm_bytes_per_s=bw, params=params, num_sms=hw.num_sms,
         eager=eager,
     )  # fmt: skip
-    return {
-        "latency_s": t,
-        "flops": np.asarray(flops, dtype=float),
-        "hbm_bytes": np.asarray(io, dtype=float),
-        "floor_s": floor_s(flops, io, peak, bw),
-        "bound": np.where(np.asarray(flops) / peak >= np.asarray(io) / bw, "compute", "memory"),
-    }
+    return _result(t, flops, io, peak, bw)
 
 
 def mla_decode_cost(
