@@ -138,7 +138,10 @@ NOTE_MOE = (
     "(balanced: token i takes experts (i + j*ceil(E/k)) mod E, collector helper "
     "balanced_logits; power_law_<a>: sampled skew) and no dispatch/combine communication. "
     "Balanced rows count assignments and active experts of rank 0 (experts 0..E/ep-1) exactly; "
-    "power-law rows keep flops/hbm_bytes NaN (the realised routing is not recorded)"
+    "power-law rows carry rank 0's expected counts over 32 draws of the collector's generator "
+    "and rounding fix-up of the table's collection (moesim.calibrate.aic_routing: 2025 "
+    "collections top up the largest experts; 2026-04-19 on, clamp at num_tokens and one unit "
+    "per EP rank per round; the collector averages 5 draws per row)"
 )
 NOTE_NCCL = (
     "nccl_perf rows are single-node NCCL collectives on 2-8 GPUs (NVLink/NVSwitch only): they "
@@ -483,6 +486,7 @@ def read_rows(
                     "note": "framework_version is taken from the version column",
                 }
             )
+        raw.attrs["framework"] = framework  # the collector generation of MoE routing
         rows, why = CONVERTERS[table](raw)
         dropped |= why
         rows = _finish(rows, dropped)
@@ -621,19 +625,20 @@ def convert_gemm(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 MOE_BLOCK_M = 64
 
 
-def _rank0_routing(T, E, k, ep, dist) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rank0_routing(T, E, k, ep, dist, gen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(assignments, active experts, padded rows) of EP rank 0 per row, for AIC's balanced and
-    power-law collector routing (:func:`moesim.calibrate.aic_routing.rank0_routing`)."""
+    power-law collector routing (:func:`moesim.calibrate.aic_routing.rank0_routing`) of the
+    collector generation ``gen`` of each row."""
     from moesim.calibrate.aic_routing import rank0_routing
 
     cache: dict[tuple, dict[str, float]] = {}
     out = np.full((len(T), 3), np.nan)
     for i, key in enumerate(
-        zip(T.tolist(), E.tolist(), k.tolist(), ep.tolist(), dist, strict=True)
+        zip(T.tolist(), E.tolist(), k.tolist(), ep.tolist(), dist, gen, strict=True)
     ):
         if key not in cache:
             try:
-                cache[key] = rank0_routing(*key, block_m=MOE_BLOCK_M)
+                cache[key] = rank0_routing(*key[:5], block_m=MOE_BLOCK_M, generation=int(key[5]))
             except ValueError:
                 cache[key] = {}
         r = cache[key]
@@ -669,7 +674,12 @@ def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     # Grouped GEMMs tile each expert's rows (CUTLASS / Triton M tiles): padded rows per expert
     # to MOE_BLOCK_M, the fragmentation routing causes (moesim.calibrate.aic_routing).
     out["block_m"] = MOE_BLOCK_M
-    assign, active, padded = _rank0_routing(T, E, k, ep, dist.to_numpy())
+    from moesim.calibrate.aic_routing import collector_generation
+
+    framework = str(raw.attrs.get("framework", ""))
+    versions = raw["version"].astype(str) if "version" in raw.columns else pd.Series("", raw.index)
+    gen = np.array([collector_generation(framework, v) for v in versions])
+    assign, active, padded = _rank0_routing(T, E, k, ep, dist.to_numpy(), gen)
     out["assignments"] = assign
     out["n_active_experts"] = active
     out["sum_padded_tokens"] = padded
