@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.calibrate.shape_fit import ShapeCalibrator, heldout_by_hash
-from moesim.cost.kernel_cost import gemm_cost, moe_cost
+from moesim.cost.kernel_cost import gemm_cost, moe_cost, moe_reduction_k
 from moesim.cost.roofline import RooflineParams, op_time_s, quantisation_efficiency
 from moesim.spec.hardware import KernelEfficiency, load_hardware
 
@@ -39,6 +39,21 @@ def test_k_loop_overhead_scales_compute_by_k_plus_k0_over_k():
     assert _t(2.0 * m * n * 512, 1.0, k_overhead=512.0, m=m, n=n, k=512) == pytest.approx(
         2 * 2.0 * m * n * 512 / PEAK
     )
+
+
+def test_a_fused_moe_charges_each_grouped_gemm_its_own_k():
+    # Gated, h = 4096, I = 1536: gate/up is 2/3 of the FLOPs at K = 4096, down 1/3 at K = 1536.
+    # K0 = 400 costs 2/3 x (1 + 400/4096) + 1/3 x (1 + 400/1536) = 1.15191 of the FLOPs; the one
+    # K that gives the same factor is 400 / 0.15191 = 2633.1.
+    h, i, k0 = 4096, 1536, 400.0
+    factor = 2 / 3 * (1 + k0 / h) + 1 / 3 * (1 + k0 / i)
+    k_eff = float(moe_reduction_k(h, i, 3))
+    assert factor == pytest.approx(1.151910, rel=1e-6)
+    assert k_eff == pytest.approx(2633.14, rel=1e-5)
+    assert (k_eff + k0) / k_eff == pytest.approx(factor, rel=1e-12)
+    # plain (non-gated) MLP: half the FLOPs each; K = I = h leaves K unchanged
+    assert float(moe_reduction_k(h, i, 2)) == pytest.approx(2 / (1 / h + 1 / i))
+    assert float(moe_reduction_k(h, h, 3)) == pytest.approx(h)
 
 
 def test_the_candidate_tile_issuing_least_work_wins():

@@ -130,6 +130,20 @@ def moe_launches(impl: str, impl_path: str = "", n_active=0) -> np.ndarray:
     return fixed + per_expert * np.asarray(n_active, dtype=float)
 
 
+def moe_reduction_k(hidden, intermediate, n_mat):
+    """The one K that gives a fused MoE layer's two grouped GEMMs their K-loop overhead.
+
+    Gate/up runs (n_mat - 1) / n_mat of the FLOPs with K = hidden, down the other 1 / n_mat
+    with K = intermediate; a per-tile overhead K0 costs each GEMM (K + K0) / K of its FLOPs,
+    so the layer costs 1 + K0 x (f_up / hidden + f_down / intermediate), which is
+    (K + K0) / K at K = 1 / (f_up / hidden + f_down / intermediate).
+    """
+    h = np.maximum(np.asarray(hidden, dtype=float), 1.0)
+    i = np.maximum(np.asarray(intermediate, dtype=float), 1.0)
+    n_mat = np.asarray(n_mat, dtype=float)
+    return 1.0 / ((n_mat - 1.0) / n_mat / h + 1.0 / n_mat / i)
+
+
 def moe_cost(
     hw,
     tokens,
@@ -197,7 +211,7 @@ def moe_cost(
         launches=launches,
         efficiency=efficiency,
         eager=eager,
-        k=np.asarray(hidden, dtype=float),
+        k=moe_reduction_k(hidden, intermediate, n_mat),
         fmt=fmt,
         gather_bytes=act_io,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moesim.cost.comm import remote_domain_fraction
+from moesim.cost.kernel_cost import moe_reduction_k
 from moesim.spec.deployment import Layout
 from moesim.spec.dtypes import (
     WEIGHT_COMPONENTS,
@@ -455,8 +456,8 @@ def _moe_ops(
             active * expert_bytes + act_io,
             cdt,
             padded,
-            2 * I_gpu,
-            np.asarray(float(model.hidden_size)),
+            (n_mat - 1) * I_gpu,
+            moe_reduction_k(h, I_gpu, n_mat),
             gather_bytes=act_io,
         ),
     ]
