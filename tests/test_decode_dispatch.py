@@ -48,6 +48,12 @@ TRT = RooflineParams(
         (2, 8, 4, 100, 2, False),
         # 32 heads per KV head is still XQA's
         (64, 1, 32, 1024, 2, True),
+        # vanilla MHA (one query head per KV head) stays on masked MHA, whatever the cache format
+        # and however many blocks (jit::supportConfigCommon)
+        (1024, 32, 1, 4096, 2, False),
+        (1024, 32, 1, 4096, 1, False),
+        # two query heads per KV head is a group
+        (1024, 16, 2, 4096, 2, True),
     ],
 )
 def test_trtllm_kernel_choice_by_hand(seqs, kv_heads, q_per_kv, keys, kv_bytes, grouped):
@@ -142,3 +148,85 @@ def test_either_kernel_never_beats_the_datasheet_floor(seqs, kv_heads, q_per_kv,
         num_sms=SMS,
     )  # fmt: skip
     assert np.isfinite(t) and t >= floor_s(flops, io, PEAK, BW) * (1 - 1e-12)
+
+
+def test_each_cache_format_prices_on_its_own_block():
+    """attention_cost and the step model both take the decode block of the KV-cache format
+    (TensorRT-LLM runs the Hopper GMMA XQA kernel over an fp8 cache, the HMMA one over bf16):
+    two blocks that differ only in launch overhead price a launch-bound shape that much apart,
+    and a format without a block of its own falls back to the compute dtype's."""
+    from moesim.cost.kernel_cost import attention_cost
+    from moesim.spec.hardware import load_hardware
+
+    hw = load_hardware("h100-sxm")
+    base = hw.efficiency.attention_decode
+    blocks = {
+        "bf16": base.model_copy(update={"launch_overhead_s": 50e-6, "by_format": {}}),
+        "fp8": base.model_copy(update={"launch_overhead_s": 20e-6, "by_format": {}}),
+    }
+    split = base.model_copy(update={"by_format": blocks})
+    eff = hw.efficiency.model_copy(update={"attention_decode": split})
+    args = ("decode", 1, 16, 32, 8, 128)  # 1 sequence, 16 keys: the launch dominates
+    t_bf16 = float(attention_cost(hw, *args, kv_dtype="bf16", efficiency=eff)["latency_s"])
+    t_fp8 = float(attention_cost(hw, *args, kv_dtype="fp8", efficiency=eff)["latency_s"])
+    # the same shape on either block differs by the launch overheads, 50 - 20 us, less the
+    # (sub-microsecond) difference of reading 16 keys of fp8 rather than bf16
+    assert t_bf16 - t_fp8 == pytest.approx(30e-6, abs=0.5e-6)
+    only_bf16 = base.model_copy(update={"by_format": {"bf16": blocks["bf16"]}})
+    eff1 = hw.efficiency.model_copy(update={"attention_decode": only_bf16})
+    t_fallback = float(attention_cost(hw, *args, kv_dtype="fp8", efficiency=eff1)["latency_s"])
+    assert t_fallback == pytest.approx(t_bf16, abs=0.5e-6)
+
+    # the step model: a Llama decode step's attention core takes the block of the layout's cache
+    from moesim.cost.ops import routing_or_default, step_ops
+    from moesim.cost.step import evaluate_ops
+    from moesim.spec.deployment import Layout
+    from moesim.spec.model import load_model
+
+    model = load_model("llama-3.1-8b")
+    hw_split = hw.model_copy(update={"efficiency": eff})
+    core = {}
+    for kv in ("bf16", "fp8"):
+        lay = Layout(tp=1, kv_dtype=kv, framework="trtllm")
+        ops, _ = step_ops(model, hw_split, lay, "decode", 1, 1, 16, routing_or_default(None))
+        timed = {o.name: o for o in evaluate_ops(ops, hw_split, lay)}
+        core[kv] = float(np.sum(timed["attn.core"].time_s)) / model.num_hidden_layers
+    assert core["bf16"] - core["fp8"] == pytest.approx(30e-6, abs=0.5e-6)
+
+
+def test_query_heads_of_a_grouped_cta_add_to_its_wave_cost_by_hand():
+    # batch 1024, 4 KV heads, 2 keys, fp8 cache: XQA, 1 chunk; 4,096 CTAs = 32 waves of 132.
+    # Each wave costs 1.5 us + g x 0.1 us: 1.7 us at g = 2, 4.7 us at g = 32 (the tables' shape).
+    seqs, hkv, keys, d = 1024, 4, 2, 128
+    params = RooflineParams(**{**TRT.__dict__, "wave_overhead_s": 1.5e-6,
+                               "decode_grouped_head_wave_s": 0.1e-6})  # fmt: skip
+    for g, wave in ((2, 1.7e-6), (32, 4.7e-6)):
+        kv = 2 * seqs * keys * hkv * d * 1
+        qo = 2 * seqs * hkv * g * d * 2
+        flops = 4 * seqs * keys * hkv * g * d
+        t = decode_attention_time_s(
+            flops, kv + qo, kv_bytes=kv, seqs=seqs, kv_heads=hkv, q_per_kv=g, keys=keys,
+            kv_bytes_per_element=1, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, params=params,
+            num_sms=SMS,
+        )  # fmt: skip
+        expect = max(flops / PEAK + 32 * wave, (kv + qo) / (BW * 0.5))
+        assert t == pytest.approx(expect, rel=1e-6)
+
+
+def test_the_fallback_kernel_pays_its_own_launch_by_hand():
+    # vanilla MHA runs masked MHA: its launch is decode_ungrouped_launch_overhead_s, not the
+    # grouped kernel's launch_overhead_s; 0 leaves it at the block's.
+    seqs, heads, keys, d = 1, 8, 16, 128
+    kv = 2 * seqs * keys * heads * d * 2
+    qo = 2 * seqs * heads * d * 2
+    flops = 4 * seqs * keys * heads * d
+    args = dict(kv_bytes=kv, seqs=seqs, kv_heads=heads, q_per_kv=1, keys=keys,
+                kv_bytes_per_element=2, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW, num_sms=SMS)  # fmt: skip
+    base = {**TRT.__dict__, "launch_overhead_s": 4e-6}
+    own = RooflineParams(**{**base, "decode_ungrouped_launch_overhead_s": 9e-6})
+    same = RooflineParams(**base)
+    t_own = decode_attention_time_s(flops, kv + qo, params=own, **args)
+    t_same = decode_attention_time_s(flops, kv + qo, params=same, **args)
+    assert t_own - t_same == pytest.approx(5e-6, rel=1e-9)
+    # 8 CTAs, one wave of 1 us (the fallback's wave cost); its memory side is far smaller
+    assert t_own == pytest.approx(9e-6 + max(flops / PEAK + 1e-6, (kv + qo) / (BW * 0.25)))

@@ -720,7 +720,9 @@ def _attention(raw: pd.DataFrame, phase: str) -> tuple[pd.DataFrame, dict[str, i
     raw = _supported(raw, "attn_dtype", why)
     fmt, fmt_kv = raw["attn_dtype"].astype(str), raw["kv_cache_dtype"].astype(str)
     kind = "attention_prefill" if phase == "prefill" else "attention_decode"
-    out = _base(raw, kind, raw["kernel_source"].astype(str), fmt)
+    # A decode kernel per KV-cache format (TensorRT-LLM XQA: GMMA over e4m3 K/V on Hopper, HMMA
+    # over bf16), so decode rows carry the cache format: one fitted block per cache format.
+    out = _base(raw, kind, raw["kernel_source"].astype(str), fmt if phase == "prefill" else fmt_kv)
     out["dtype"] = fmt.map(COMPUTE_DTYPE)
     out["kv_dtype"] = fmt_kv.map(COMPUTE_DTYPE)
     b = pd.to_numeric(raw["batch_size"]).to_numpy(dtype=float)

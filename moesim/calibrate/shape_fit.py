@@ -64,11 +64,12 @@ _NAMES = ("compute_efficiency", "memory_efficiency", "launch_overhead_s", "k_ove
           "ridge_sharpness", "act_quant_bytes_per_element", "act_quant_launch_s",
           "memory_parallelism_ctas", "tile_operand_overhead", "wave_overhead_s",
           "gather_efficiency", "decode_ungrouped_wave_overhead_s",
-          "decode_ungrouped_memory_efficiency", "decode_ungrouped_kv_reread")  # fmt: skip
+          "decode_ungrouped_memory_efficiency", "decode_ungrouped_kv_reread",
+          "decode_grouped_head_wave_s", "decode_ungrouped_launch_overhead_s")  # fmt: skip
 _LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01),
-                0.0, np.log(0.01), 0.0])  # fmt: skip
+                0.0, np.log(0.01), 0.0, 0.0, 0.0])  # fmt: skip
 _HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0,
-                200.0, 0.0, 1.0])  # fmt: skip
+                200.0, 0.0, 1.0, 10.0, 200.0])  # fmt: skip
 # TensorRT-LLM's decode attention dispatch (see KernelEfficiency.decode_*): XQA for <= 32 query
 # heads per KV head (decoderXQAImplJIT supportConfigQGMMA / supportConfigHMMA: head_grp_size
 # > 32 is unsupported) when blocks x kEnableMinBlockFactor (4) >= SMs, blocks = sequences x KV
@@ -232,6 +233,9 @@ class ShapeCalibrator:
             active[10] = False  # separate permute / combine kernels: fused MoE only
         if self.kernel_class != "attention_decode" or self.framework_ != "trtllm":
             active[11:14] = False  # the per-query-head fallback decode kernel
+            active[15] = False
+        if self.kernel_class != "attention_decode":
+            active[14] = False  # query heads of a grouped decode CTA
         quant = _act_quant(train)
         if not np.any(quant):
             active[5] = active[6] = False
@@ -252,12 +256,14 @@ class ShapeCalibrator:
             gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
             tile_candidates=setting["tile_candidates"],
             split_k=setting["split_k"],
+            decode_grouped_head_wave_s=float(max(x[14], 0.0) * 1e-6),
             **(
                 setting["decode"]
                 | {
                     "decode_ungrouped_wave_overhead_s": float(max(x[11], 0.0) * 1e-6),
                     "decode_ungrouped_memory_efficiency": float(min(np.exp(x[12]), 1.0)),
                     "decode_ungrouped_kv_reread": float(np.clip(x[13], 0.0, 1.0)),
+                    "decode_ungrouped_launch_overhead_s": float(max(x[15], 0.0) * 1e-6),
                 }
                 if "decode" in setting
                 else setting.get("split", {})
@@ -278,6 +284,7 @@ class ShapeCalibrator:
         x0 = np.array([
             np.log(min(reference.compute_eff(fmt), 0.95)), np.log(min(reference.memory_efficiency, 0.95)),
             3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5), 1.0, np.log(0.5), 0.2,
+            0.05, 3.0,
         ])  # fmt: skip
         active = self._active(train)
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
@@ -344,6 +351,11 @@ class ShapeCalibrator:
                 "memory_parallelism_ctas": block.memory_parallelism_ctas,
                 "tile_operand_overhead": block.tile_operand_overhead,
                 "wave_overhead_us": block.wave_overhead_s * 1e6,
+                **(
+                    {"decode_grouped_head_wave_us": block.decode_grouped_head_wave_s * 1e6}
+                    if self.kernel_class == "attention_decode"
+                    else {}
+                ),
                 "gather_efficiency": block.gather_efficiency,
                 "ridge_sharpness": block.ridge_sharpness,
                 "split_k": block.split_k,
@@ -360,6 +372,9 @@ class ShapeCalibrator:
                             block.decode_ungrouped_memory_efficiency
                         ),
                         "decode_ungrouped_kv_reread": block.decode_ungrouped_kv_reread,
+                        "decode_ungrouped_launch_overhead_us": (
+                            block.decode_ungrouped_launch_overhead_s * 1e6
+                        ),
                     }
                     if block.decode_grouped_max_heads
                     else {}
@@ -373,7 +388,7 @@ class ShapeCalibrator:
     def _at_bound(x, lo, hi, active) -> list[int]:
         """Active efficiencies at 1.0 and K0 / launch costs at their ceilings (degenerate)."""
         stuck = []
-        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12):
+        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 14, 15):
             if not active[i]:
                 continue
             span = hi[i] - lo[i]
@@ -415,7 +430,7 @@ def _param_value(i: int, raw: float) -> float:
         return float(raw * 100.0)
     if i == 4:
         return float(np.exp(raw))
-    if i in (2, 6, 11):
+    if i in (2, 6, 11, 14, 15):
         return float(raw * 1e-6)
     return float(raw)
 

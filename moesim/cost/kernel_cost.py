@@ -261,8 +261,10 @@ def attention_cost(
     io = 2.0 * pairs * num_kv_heads * head_dim * kvb + 2.0 * b * num_heads * head_dim * ab
     # The engine's decode kernel for the shape: grouped (one CTA per sequence, KV head and key
     # chunk) or per query head (roofline.decode_attention_time_s).
+    # One block per KV-cache format: engines run a different decode kernel over an fp8 cache
+    # (TensorRT-LLM XQA: the Hopper GMMA kernel for e4m3 K/V, the HMMA one for bf16).
     eff = (efficiency or hw.efficiency).for_class("attention_decode")
-    params = RooflineParams.from_efficiency(eff, dtype)
+    params = RooflineParams.from_efficiency(eff, dtype, kv_dtype)
     peak, bw = hw.peak(dtype), hw.hbm_bandwidth_bytes_per_s
     hkv = np.asarray(num_kv_heads, dtype=float)
     t = decode_attention_time_s(

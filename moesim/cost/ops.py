@@ -343,12 +343,12 @@ def _attention_ops(model, hw, layout, s: StepShape, phase: str, wdt: str, cdt: s
             pairs = s.seqs * causal_pairs(s.new_tokens, s.context, window)
             flops = 4.0 * pairs * H * d
             io = 2.0 * keys * Hkv * d * kvb + 2.0 * T * H * d * ab
-            # The engine's decode kernel: CTAs per (sequence, KV head) or per query head
-            # (kernel_cost.attention_cost, roofline.decode_attention_time_s)
+            # The engine's decode kernel: CTAs per (sequence, KV head) or per query head, one
+            # block per cache format (kernel_cost.attention_cost, roofline.decode_attention_time_s)
             ops.append(
                 Op(name, "attention", "attention_decode", count, flops, io, "bf16", s.seqs, Hkv,
                    k=keys / np.maximum(s.seqs, 1e-30), kv_bytes=2.0 * keys * Hkv * d * kvb,
-                   q_per_kv=H / Hkv, kv_bytes_per_element=kvb)
+                   q_per_kv=H / Hkv, kv_bytes_per_element=kvb, fmt=str(layout.kv_dtype))
             )  # fmt: skip
     # Rotary embedding reads and writes q and k in place (vLLM rotary_embedding kernel);
     # reshape_and_cache reads the new K and V and writes them into the paged cache.

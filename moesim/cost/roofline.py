@@ -32,7 +32,8 @@ _DECODE_FIELDS = (
     "decode_grouped_max_heads", "decode_grouped_min_blocks_per_sm",
     "decode_ungrouped_min_kv_bytes", "decode_split_kv_tokens", "decode_split_kv_target_waves",
     "decode_ungrouped_wave_overhead_s", "decode_ungrouped_memory_efficiency",
-    "decode_ungrouped_kv_reread",
+    "decode_ungrouped_kv_reread", "decode_grouped_head_wave_s",
+    "decode_ungrouped_launch_overhead_s",
 )  # fmt: skip
 
 
@@ -64,6 +65,8 @@ class RooflineParams:
     decode_ungrouped_wave_overhead_s: float = 0.0
     decode_ungrouped_memory_efficiency: float = 0.0
     decode_ungrouped_kv_reread: float = 1.0
+    decode_grouped_head_wave_s: float = 0.0
+    decode_ungrouped_launch_overhead_s: float = 0.0
 
     @classmethod
     def from_efficiency(cls, eff, dtype: str, fmt: str = "") -> RooflineParams:
@@ -211,7 +214,8 @@ def op_time_s(
         kk = np.maximum(np.asarray(k, dtype=float), 1.0)
         t_compute = t_compute * (kk + params.k_overhead) / kk
     t_memory = hbm_bytes / (hbm_bytes_per_s * eta_m)
-    if (params.memory_parallelism_ctas > 0 or params.wave_overhead_s > 0) and m is not None:
+    waved = np.any(np.asarray(params.wave_overhead_s) > 0)  # an array: per-shape wave costs
+    if (params.memory_parallelism_ctas > 0 or waved) and m is not None:
         tm, tn = (
             min(params.tile_candidates)
             if params.tile_candidates
@@ -276,15 +280,17 @@ def mla_decode_grid(calibrated: bool, seqs, heads, keys, params: RooflineParams,
 def decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes_per_element, params, num_sms):
     """Whether the engine runs its grouped decode kernel (else the per-query-head fallback).
 
-    TensorRT-LLM DecoderXQARunner::shouldUse: XQA supports <= 32 query heads per KV head and is
-    chosen when sequences x KV heads x max(1, keys // 128) x 4 >= SMs, or when the KV cache is fp8
-    (masked MHA, the fallback, cannot read bf16 queries over an e4m3 cache). All grouped when
+    TensorRT-LLM DecoderXQARunner::shouldUse: XQA supports 2 to 32 query heads per KV head
+    (jit::supportConfigCommon keeps vanilla MHA, one query head per KV head, on masked MHA;
+    supportConfigQGMMA / supportConfigHMMA cap the group at 32) and is chosen when sequences x
+    KV heads x max(1, keys // 128) x 4 >= SMs, or when the KV cache is fp8 (masked MHA, the
+    fallback, cannot read bf16 queries over an e4m3 cache). All grouped when
     ``decode_grouped_max_heads`` is 0 (FlashInfer / FlashAttention decode).
     """
     g = np.asarray(q_per_kv, dtype=float)
     if params.decode_grouped_max_heads <= 0:
         return np.ones(np.shape(g), bool)
-    supported = g <= params.decode_grouped_max_heads
+    supported = (g > 1.0) & (g <= params.decode_grouped_max_heads)
     tokens = params.decode_split_kv_tokens or 1
     blocks = (
         np.asarray(seqs, dtype=float)
@@ -333,7 +339,12 @@ def decode_attention_time_s(
         launches=launches, eager=eager,
     )  # fmt: skip
     chunks = split_kv_chunks(seqs, kv_heads, keys, params, num_sms)
-    t = op_time_s(flops, hbm_bytes, params=params, m=seqs * chunks, n=kv_heads, **common)
+    grouped_params = params
+    if params.decode_grouped_head_wave_s > 0:  # each CTA's g query heads add to its wave cost
+        grouped_params = replace(
+            params, wave_overhead_s=params.wave_overhead_s + params.decode_grouped_head_wave_s * g
+        )
+    t = op_time_s(flops, hbm_bytes, params=grouped_params, m=seqs * chunks, n=kv_heads, **common)
     if np.all(grouped):
         return t
     q_heads = kv_heads * g
@@ -343,6 +354,7 @@ def decode_attention_time_s(
         params,
         wave_overhead_s=params.decode_ungrouped_wave_overhead_s,
         memory_efficiency=params.decode_ungrouped_memory_efficiency or params.memory_efficiency,
+        launch_overhead_s=params.decode_ungrouped_launch_overhead_s or params.launch_overhead_s,
     )
     t_u = op_time_s(
         flops, np.asarray(hbm_bytes, dtype=float) + extra * params.decode_ungrouped_kv_reread,

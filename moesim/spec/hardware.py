@@ -143,6 +143,15 @@ class KernelEfficiency(BaseModel):
     decode_ungrouped_wave_overhead_s: float = Field(0.0, ge=0, le=1e-3)
     decode_ungrouped_memory_efficiency: float = Field(0.0, ge=0, le=1)
     decode_ungrouped_kv_reread: float = Field(1.0, ge=0, le=1)
+    # Its launch cost, as measured calls see it (masked MHA applies RoPE and appends the new
+    # K/V itself; XQA's HMMA kernel runs behind a separate preprocessing kernel); 0: the
+    # block's launch_overhead_s.
+    decode_ungrouped_launch_overhead_s: float = Field(0.0, ge=0, le=1e-3)
+    # A grouped decode CTA serves all g query heads of its KV head; at short contexts its time
+    # grows with g (each head's RoPE, softmax row and output, serial within the CTA: in
+    # TensorRT-LLM's tables ~0.1 us per head and wave on both XQA kernels). Added per wave to
+    # wave_overhead_s as g x this; 0 = off.
+    decode_grouped_head_wave_s: float = Field(0.0, ge=0, le=1e-4)
     # Activation quantisation the measured kernel included (a bf16 -> fp8 pass over the m x k
     # input before the GEMM): bytes moved per input element and its launch cost. Fitted so that
     # such rows calibrate the GEMM itself; the step model prices quantisation as its own
