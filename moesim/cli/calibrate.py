@@ -22,7 +22,7 @@ CALIBRATE_HELP = (
     "A fixed fraction of shapes is held out and the error on them reported.\n\n"
     "Example: moesim calibrate hwprofiles/measurements/h100-sxm --out hwprofiles/h100-sxm.measured.yaml\n\n"
     "Published figures instead of a directory: moesim calibrate --published h800 --out hwprofiles/h800.published.yaml\n\n"
-    "AIConfigurator's measured kernel tables (pip install 'moesim[aic]'): moesim calibrate --from aiconfigurator "
+    "AIConfigurator's measured kernel tables (pip install 'moesim\\[aic]'): moesim calibrate --from aiconfigurator "
     "--system h100_sxm --framework trtllm --out hwprofiles/h100-sxm.trtllm.yaml"
 )
 VALIDATE_HELP = (
