@@ -678,7 +678,8 @@ def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 
     framework = str(raw.attrs.get("framework", ""))
     versions = raw["version"].astype(str) if "version" in raw.columns else pd.Series("", raw.index)
-    gen = np.array([collector_generation(framework, v) for v in versions])
+    gen = versions.map({v: collector_generation(framework, v) for v in versions.unique()})
+    gen = gen.to_numpy(dtype=int)
     assign, active, padded = _rank0_routing(T, E, k, ep, dist.to_numpy(), gen)
     out["assignments"] = assign
     out["n_active_experts"] = active

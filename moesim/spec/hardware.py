@@ -148,9 +148,9 @@ class KernelEfficiency(BaseModel):
     # block's launch_overhead_s.
     decode_ungrouped_launch_overhead_s: float = Field(0.0, ge=0, le=1e-3)
     # A grouped decode CTA serves all g query heads of its KV head; at short contexts its time
-    # grows with g (each head's RoPE, softmax row and output, serial within the CTA: in
-    # TensorRT-LLM's tables ~0.1 us per head and wave on both XQA kernels). Added per wave to
-    # wave_overhead_s as g x this; 0 = off.
+    # grows with g (each head's RoPE, softmax row and output, serial within the CTA; the H100
+    # and H200 TensorRT-LLM fits give 0.06-0.09 us per head and wave on both XQA kernels).
+    # Added per wave to wave_overhead_s as g x this; 0 = off.
     decode_grouped_head_wave_s: float = Field(0.0, ge=0, le=1e-4)
     # Activation quantisation the measured kernel included (a bf16 -> fp8 pass over the m x k
     # input before the GEMM): bytes moved per input element and its launch cost. Fitted so that
