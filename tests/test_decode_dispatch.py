@@ -17,6 +17,7 @@ from moesim.cost.roofline import (
     decode_attention_time_s,
     decode_uses_grouped,
     floor_s,
+    mmha_key_tiles,
     op_time_s,
     split_kv_chunks,
 )
@@ -85,8 +86,8 @@ def test_ungrouped_time_by_hand():
     )  # fmt: skip
     # 3 more query heads re-read the KV head, half of it from HBM; 25 % of the bandwidth
     hbm = kv + qo + 3 * kv * 0.5
-    chunks = 1024 // 128  # 1 x 4 x 8 / 132 waves: no shrink
-    waves = math.ceil(1 * 4 * chunks / SMS)
+    tiles = 3  # masked MHA: 1,024 threads, loops of 512 keys -> ceil(1025 / 512) key tiles
+    waves = math.ceil(1 * 4 * tiles / SMS)
     # the wave cost is compute-side time (CTA prologue / epilogue): max(t_c + waves t_w, t_m)
     expect = max(flops / PEAK + waves * 1e-6, hbm / (BW * 0.25))
     assert t == pytest.approx(expect, rel=1e-6)
@@ -230,3 +231,46 @@ def test_the_fallback_kernel_pays_its_own_launch_by_hand():
     assert t_own - t_same == pytest.approx(5e-6, rel=1e-9)
     # 8 CTAs, one wave of 1 us (the fallback's wave cost); its memory side is far smaller
     assert t_own == pytest.approx(9e-6 + max(flops / PEAK + 1e-6, (kv + qo) / (BW * 0.25)))
+
+
+@pytest.mark.parametrize(
+    "seqs,heads,keys,head_dim,tiles",
+    [
+        # 1 CTA -> 1,024 threads; head dim 128: 16 threads per value, one K/V loop of
+        # 1024 / 16 x 8 = 512 keys, so 511 keys (512 with the new one) fit one tile, 512 do not
+        (1, 1, 511, 128, 1),
+        (1, 1, 512, 128, 2),
+        # head dim 64: 8 threads per value, loops of 1,024 keys; 8,192 keys -> ceil(8193/1024)
+        (1, 1, 1023, 64, 1),
+        (1, 1, 8192, 64, 9),
+        # head dim 192 pads to 256: 32 threads per value, loops of 256 keys
+        (1, 2, 256, 192, 2),
+        # 600 CTAs >= 4 x 132: 256 threads, 4 per SM, ceil(528 / 600) = 1 tile whatever the keys
+        (75, 8, 100_000, 128, 1),
+        # 40 CTAs: 1,024 threads, 1 per SM, ceil(132 / 40) = 4 tiles at most
+        (5, 8, 100_000, 128, 4),
+        # 200 CTAs: 256 x ceil(528 / 200) = 768 -> 512 threads, 2 per SM, ceil(264 / 200) = 2
+        (25, 8, 4096, 128, 2),
+    ],
+)
+def test_masked_mha_key_tiles_follow_trtllm_launch_by_hand(seqs, heads, keys, head_dim, tiles):
+    assert float(mmha_key_tiles(seqs, heads, keys, head_dim, SMS)) == tiles
+
+
+def test_masked_mha_multi_block_pays_its_reduction_by_hand():
+    # batch 1, vanilla MHA (1 query head per KV head), head dim 128: 511 keys are one tile,
+    # 512 are two (above), and only then the reduction of the partial outputs is paid.
+    d, cost = 128, 6e-6
+    mb = RooflineParams(**{**TRT.__dict__, "decode_ungrouped_multi_block_s": cost})
+    for keys, paid in ((511, 0.0), (512, cost)):
+        kv = 2 * keys * d * 2
+        qo = 2 * d * 2
+        flops = 4 * keys * d
+        args = dict(kv_bytes=kv, seqs=1, kv_heads=1, q_per_kv=1, keys=keys,
+                    kv_bytes_per_element=2, peak_flops_per_s=PEAK, hbm_bytes_per_s=BW,
+                    num_sms=SMS)  # fmt: skip
+        with_mb = decode_attention_time_s(flops, kv + qo, params=mb, **args)
+        without = decode_attention_time_s(flops, kv + qo, params=TRT, **args)
+        assert with_mb - without == pytest.approx(paid, abs=1e-15)
+        # one wave of 1 or 2 CTAs at 1 us, the fallback's 25 % of the bandwidth
+        assert without == pytest.approx(max(flops / PEAK + 1e-6, (kv + qo) / (BW * 0.25)))

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from moesim.calibrate.shape_fit import ShapeCalibrator, heldout_by_hash
 from moesim.cost.kernel_cost import gemm_cost, moe_cost, moe_reduction_k
-from moesim.cost.roofline import RooflineParams, op_time_s, quantisation_efficiency
+from moesim.cost.roofline import (
+    RooflineParams,
+    op_time_s,
+    quantisation_efficiency,
+    split_k_slices,
+)
 from moesim.spec.hardware import KernelEfficiency, load_hardware
 
 H100 = load_hardware("h100-sxm")
@@ -77,6 +82,44 @@ def test_without_split_k_a_partial_wave_idles_sms():
     assert float(quantisation_efficiency(m, n, 128, 128, SMS, split_k=True)) == 1.0
     assert float(quantisation_efficiency(m, n, 128, 128, SMS, split_k=False)) == pytest.approx(
         64 / 132
+    )
+
+
+def test_split_k_slices_stop_at_the_shortest_k_loop_by_hand():
+    # m = 1, n = 128, K = 4096 on 64 x 64 tiles: 2 tiles. Unlimited split-K fills the SMs
+    # (issued = the 2 tiles alone); with slices of at least 1024 keys, 4 slices per tile keep
+    # 8 of 132 SMs busy, so the issued work is 132 x 64 x 64 / 4.
+    m, n, k = 1, 128, 4096
+    free = quantisation_efficiency(m, n, 1, 1, SMS, candidates=((64, 64),))
+    assert float(free) == pytest.approx(m * n / (2 * 64 * 64))
+    short = quantisation_efficiency(
+        m, n, 1, 1, SMS, candidates=((64, 64),), k=k, split_k_min_k=1024.0
+    )
+    assert float(short) == pytest.approx(m * n / (132 * 64 * 64 / 4))
+    assert float(split_k_slices(2, k, 1024.0, SMS)) == 4.0
+    # never more slices than fill the SMs, never fewer than one
+    assert float(split_k_slices(2, 10**6, 1.0, SMS)) == 66.0
+    assert float(split_k_slices(2, 512, 1024.0, SMS)) == 1.0
+    # as the shortest slice goes to 0 the limit vanishes (continuous into the unlimited case)
+    tiny = quantisation_efficiency(m, n, 1, 1, SMS, candidates=((64, 64),), k=k, split_k_min_k=1e-9)
+    assert float(tiny) == pytest.approx(float(free))
+
+
+def test_split_k_reduction_cost_by_hand():
+    # The same 2 tiles in 4 slices: the reduction costs (1 - 1/4) of split_k_overhead_s, added
+    # after the roofline; a grid that fills the SMs never splits and pays nothing.
+    kw = dict(tile_candidates=((64, 64),), split_k_min_k=1024.0, split_k_overhead_s=2e-6)
+    nbytes = 128 * 4096 * 2.0
+    t = _t(2.0 * 128 * 4096, nbytes, m=1, n=128, k=4096, **kw)
+    flops_t = 2.0 * 128 * 4096 / (PEAK * 128 / (132 * 64 * 64 / 4))
+    assert t == pytest.approx(max(flops_t, nbytes / BW) + 0.75 * 2e-6, rel=1e-9)
+    big = 4096 * 4096 * 2.0
+    full = _t(2.0 * 4096**3, big, m=4096, n=4096, k=4096, **kw)  # 4,096 tiles: 32 waves
+    assert full == pytest.approx(2.0 * 4096**3 / (PEAK * 4096 / (32 * 132)), rel=1e-9)
+    # without split-K the limit and its reduction mean nothing
+    kw_off = kw | {"split_k": False}
+    assert _t(2.0 * 128 * 4096, nbytes, m=1, n=128, k=4096, **kw_off) == pytest.approx(
+        _t(2.0 * 128 * 4096, nbytes, m=1, n=128, k=4096, tile_candidates=((64, 64),), split_k=False)
     )
 
 

@@ -8,10 +8,11 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
         [+ quantisation of the m x K input, where the measured call included it]
 
 - GEMM: q from output tiles of :data:`GEMM_TILES` (the least issued work wins, as a library
-  heuristic picks), waves over the SMs; split-K (tile counts below the SM count not charged
-  for idle SMs) or not, whichever fits the training rows better. K0 is the K-loop prologue /
-  epilogue of each tile (NVIDIA "Matrix Multiplication Background User's Guide"; Osama et al.,
-  PPoPP'23 Stream-K).
+  heuristic picks), waves over the SMs; split-K or not, whichever fits the training rows
+  better. Split-K cuts the K of a grid with fewer tiles than SMs into slices of at least a
+  fitted K (a slice must keep a K-loop long enough to pipeline), and reducing the slices'
+  partial sums costs a fitted time. K0 is the K-loop prologue / epilogue of each tile (NVIDIA
+  "Matrix Multiplication Background User's Guide"; Osama et al., PPoPP'23 Stream-K).
 - Grouped GEMM / fused MoE: FLOPs on each expert's rows padded to the kernel's block (the
   fragmentation of routing, from the row's realised routing), weights of the experts that got
   tokens; K = hidden size.
@@ -21,8 +22,9 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
   heads; compute-bound at many heads, where GQA decode never is, so a block of its own.
 - Decode attention: KV bytes / (eta_m * bandwidth) + t0 + a cost per wave of CTAs, on the
   engine's kernel for the shape (TensorRT-LLM: grouped XQA, or the per-query-head masked MHA
-  fallback with its own wave cost, memory efficiency and L2 miss share of repeated K/V reads;
-  :data:`TRTLLM_DECODE_DISPATCH`), with split-KV chunks (eta_c fitted but rarely binding).
+  fallback with its own wave cost, memory efficiency, L2 miss share of repeated K/V reads,
+  launch and multi-block reduction; :data:`TRTLLM_DECODE_DISPATCH`), with split-KV chunks
+  (XQA's computeMultiBlockCount, masked MHA's own key tiles; eta_c fitted but rarely binding).
 
 Each format (``bf16``, ``fp8``, ``fp8-block``, ...) is a different kernel and gets its own block
 (``KernelEfficiency.by_format``). Parameters are fitted by ``scipy.optimize.least_squares``
@@ -65,11 +67,12 @@ _NAMES = ("compute_efficiency", "memory_efficiency", "launch_overhead_s", "k_ove
           "memory_parallelism_ctas", "tile_operand_overhead", "wave_overhead_s",
           "gather_efficiency", "decode_ungrouped_wave_overhead_s",
           "decode_ungrouped_memory_efficiency", "decode_ungrouped_kv_reread",
-          "decode_grouped_head_wave_s", "decode_ungrouped_launch_overhead_s")  # fmt: skip
+          "decode_grouped_head_wave_s", "decode_ungrouped_launch_overhead_s",
+          "split_k_min_k", "split_k_overhead_s", "decode_ungrouped_multi_block_s")  # fmt: skip
 _LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01),
-                0.0, np.log(0.01), 0.0, 0.0, 0.0])  # fmt: skip
+                0.0, np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # fmt: skip
 _HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0,
-                200.0, 0.0, 1.0, 10.0, 200.0])  # fmt: skip
+                200.0, 0.0, 1.0, 10.0, 200.0, 200.0, 50.0, 100.0])  # fmt: skip
 # TensorRT-LLM's decode attention dispatch (see KernelEfficiency.decode_*): XQA for <= 32 query
 # heads per KV head (decoderXQAImplJIT supportConfigQGMMA / supportConfigHMMA: head_grp_size
 # > 32 is unsupported) when blocks x kEnableMinBlockFactor (4) >= SMs, blocks = sequences x KV
@@ -227,13 +230,14 @@ class ShapeCalibrator:
             active[7] = False  # memory-level parallelism: CTA counts of GEMMs and decode
         if self.kernel_class != "gemm":
             active[8] = False  # operand overhead of GEMM tiles
+            active[16:18] = False  # split-K limit and reduction of dense GEMMs
         if self.kernel_class == "grouped_gemm":
             active[9] = False
         else:
             active[10] = False  # separate permute / combine kernels: fused MoE only
         if self.kernel_class != "attention_decode" or self.framework_ != "trtllm":
             active[11:14] = False  # the per-query-head fallback decode kernel
-            active[15] = False
+            active[15] = active[18] = False
         if self.kernel_class != "attention_decode":
             active[14] = False  # query heads of a grouped decode CTA
         quant = _act_quant(train)
@@ -256,6 +260,9 @@ class ShapeCalibrator:
             gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
             tile_candidates=setting["tile_candidates"],
             split_k=setting["split_k"],
+            # the split-K limit means nothing to a grid that never splits K
+            split_k_min_k=float(max(x[16], 0.0) * 100.0) if setting["split_k"] else 0.0,
+            split_k_overhead_s=float(max(x[17], 0.0) * 1e-6) if setting["split_k"] else 0.0,
             decode_grouped_head_wave_s=float(max(x[14], 0.0) * 1e-6),
             **(
                 setting["decode"]
@@ -264,6 +271,7 @@ class ShapeCalibrator:
                     "decode_ungrouped_memory_efficiency": float(min(np.exp(x[12]), 1.0)),
                     "decode_ungrouped_kv_reread": float(np.clip(x[13], 0.0, 1.0)),
                     "decode_ungrouped_launch_overhead_s": float(max(x[15], 0.0) * 1e-6),
+                    "decode_ungrouped_multi_block_s": float(max(x[18], 0.0) * 1e-6),
                 }
                 if "decode" in setting
                 else setting.get("split", {})
@@ -284,7 +292,7 @@ class ShapeCalibrator:
         x0 = np.array([
             np.log(min(reference.compute_eff(fmt), 0.95)), np.log(min(reference.memory_efficiency, 0.95)),
             3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5), 1.0, np.log(0.5), 0.2,
-            0.05, 3.0,
+            0.05, 3.0, 5.0, 2.0, 3.0,
         ])  # fmt: skip
         active = self._active(train)
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
@@ -359,6 +367,14 @@ class ShapeCalibrator:
                 "gather_efficiency": block.gather_efficiency,
                 "ridge_sharpness": block.ridge_sharpness,
                 "split_k": block.split_k,
+                **(
+                    {
+                        "split_k_min_k": block.split_k_min_k,
+                        "split_k_overhead_us": block.split_k_overhead_s * 1e6,
+                    }
+                    if self.kernel_class == "gemm"
+                    else {}
+                ),
                 "tile_candidates": [list(t) for t in block.tile_candidates],
                 "act_quant_bytes_per_element": block.act_quant_bytes_per_element,
                 "act_quant_launch_us": block.act_quant_launch_s * 1e6,
@@ -375,6 +391,9 @@ class ShapeCalibrator:
                         "decode_ungrouped_launch_overhead_us": (
                             block.decode_ungrouped_launch_overhead_s * 1e6
                         ),
+                        "decode_ungrouped_multi_block_us": (
+                            block.decode_ungrouped_multi_block_s * 1e6
+                        ),
                     }
                     if block.decode_grouped_max_heads
                     else {}
@@ -388,7 +407,7 @@ class ShapeCalibrator:
     def _at_bound(x, lo, hi, active) -> list[int]:
         """Active efficiencies at 1.0 and K0 / launch costs at their ceilings (degenerate)."""
         stuck = []
-        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 14, 15):
+        for i in (0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18):
             if not active[i]:
                 continue
             span = hi[i] - lo[i]
@@ -426,11 +445,11 @@ def _rounded(stats: dict) -> dict:
 def _param_value(i: int, raw: float) -> float:
     if i in (0, 1, 12):
         return float(np.exp(raw))
-    if i == 3:
+    if i in (3, 16):
         return float(raw * 100.0)
     if i == 4:
         return float(np.exp(raw))
-    if i in (2, 6, 11, 14, 15):
+    if i in (2, 6, 11, 14, 15, 17, 18):
         return float(raw * 1e-6)
     return float(raw)
 

@@ -33,7 +33,7 @@ _DECODE_FIELDS = (
     "decode_ungrouped_min_kv_bytes", "decode_split_kv_tokens", "decode_split_kv_target_waves",
     "decode_ungrouped_wave_overhead_s", "decode_ungrouped_memory_efficiency",
     "decode_ungrouped_kv_reread", "decode_grouped_head_wave_s",
-    "decode_ungrouped_launch_overhead_s",
+    "decode_ungrouped_launch_overhead_s", "decode_ungrouped_multi_block_s",
 )  # fmt: skip
 
 
@@ -67,6 +67,9 @@ class RooflineParams:
     decode_ungrouped_kv_reread: float = 1.0
     decode_grouped_head_wave_s: float = 0.0
     decode_ungrouped_launch_overhead_s: float = 0.0
+    decode_ungrouped_multi_block_s: float = 0.0
+    split_k_min_k: float = 0.0
+    split_k_overhead_s: float = 0.0
 
     @classmethod
     def from_efficiency(cls, eff, dtype: str, fmt: str = "") -> RooflineParams:
@@ -90,6 +93,8 @@ class RooflineParams:
             split_k=getattr(block, "split_k", True),
             act_quant_bytes_per_element=getattr(block, "act_quant_bytes_per_element", 0.0),
             act_quant_launch_s=getattr(block, "act_quant_launch_s", 0.0),
+            split_k_min_k=getattr(block, "split_k_min_k", 0.0),
+            split_k_overhead_s=getattr(block, "split_k_overhead_s", 0.0),
             **{f: getattr(block, f) for f in _DECODE_FIELDS if hasattr(block, f)},
         )
 
@@ -133,6 +138,8 @@ def quantisation_efficiency(
     split_k: bool = True,
     candidates=(),
     operand_overhead: float = 0.0,
+    k=None,
+    split_k_min_k: float = 0.0,
 ) -> np.ndarray:
     """Useful fraction of the tensor-core work a tiled GEMM issues.
 
@@ -142,13 +149,17 @@ def quantisation_efficiency(
     the tiles are 1 x 1 (quantisation off). With ``candidates`` the best of those tiles counts
     (a heuristic picks the tile issuing the least work for the shape), each at its own MMA
     rate 1 / (1 + operand_overhead (1/m_t + 1/n_t)) (see KernelEfficiency.tile_operand_overhead).
+    With ``split_k_min_k`` > 0 and ``k`` given, a split-K grid cuts K in at most
+    k / split_k_min_k slices (:func:`split_k_slices`), so few tiles of a short K leave SMs idle.
     """
     if candidates:
         if m is None or n is None:
             return np.asarray(1.0)
         return np.max(
             [
-                quantisation_efficiency(m, n, a, b, num_sms, split_k)
+                quantisation_efficiency(
+                    m, n, a, b, num_sms, split_k, k=k, split_k_min_k=split_k_min_k
+                )
                 / (1.0 + operand_overhead * (1.0 / a + 1.0 / b))
                 for a, b in candidates
             ],
@@ -167,9 +178,23 @@ def quantisation_efficiency(
     # A GEMM with fewer tiles than SMs is not charged for idle SMs: libraries split K across them
     # (split-K / stream-K), so quantisation there is only the tile padding.
     issued_single = tiles * tile_m * tile_n
+    if split_k and split_k_min_k > 0 and k is not None:
+        # s slices of K per tile: each SM holding one runs 1 / s of a tile's K-loop
+        issued_single = num_sms * tile_m * tile_n / split_k_slices(tiles, k, split_k_min_k, num_sms)
     if split_k:
         issued = np.where(tiles < num_sms, issued_single, issued)
     return np.clip(useful / issued, 1e-6, 1.0)
+
+
+def split_k_slices(tiles, k, split_k_min_k: float, num_sms: int) -> np.ndarray:
+    """K slices per output tile of a split-K GEMM with fewer tiles than SMs: enough to fill the
+    SMs (num_sms / tiles) but none shorter than ``split_k_min_k`` elements of K, at least 1.
+
+    cuBLAS / CUTLASS split K only while each slice keeps a K-loop long enough to pipeline its
+    loads (a continuous stand-in for the library's integer split factor); 1 = no split."""
+    tiles = np.maximum(np.asarray(tiles, dtype=float), 1.0)
+    kk = np.maximum(np.asarray(k, dtype=float), 1.0)
+    return np.clip(np.minimum(kk / split_k_min_k, num_sms / tiles), 1.0, None)
 
 
 def op_time_s(
@@ -205,7 +230,7 @@ def op_time_s(
         t_gather = gather / (hbm_bytes_per_s * min(params.gather_efficiency, 1.0))
     q = quantisation_efficiency(
         m, n, params.tile_m, params.tile_n, num_sms, params.split_k, params.tile_candidates,
-        params.tile_operand_overhead,
+        params.tile_operand_overhead, k=k, split_k_min_k=params.split_k_min_k,
     )  # fmt: skip
     eta_c = min(params.compute_efficiency, 1.0)
     eta_m = min(params.memory_efficiency, 1.0)
@@ -215,7 +240,9 @@ def op_time_s(
         t_compute = t_compute * (kk + params.k_overhead) / kk
     t_memory = hbm_bytes / (hbm_bytes_per_s * eta_m)
     waved = np.any(np.asarray(params.wave_overhead_s) > 0)  # an array: per-shape wave costs
-    if (params.memory_parallelism_ctas > 0 or waved) and m is not None:
+    split = params.split_k and params.split_k_min_k > 0 and k is not None
+    t_split = 0.0
+    if (params.memory_parallelism_ctas > 0 or waved or split) and m is not None:
         tm, tn = (
             min(params.tile_candidates)
             if params.tile_candidates
@@ -224,12 +251,18 @@ def op_time_s(
         ctas = np.ceil(np.maximum(np.asarray(m, dtype=float), 1.0) / tm) * np.ceil(
             np.maximum(np.asarray(n if n is not None else 1.0, dtype=float), 1.0) / tn
         )
-        # Little's law: few output tiles keep few bytes in flight (see KernelEfficiency)
-        t_memory = t_memory * (1.0 + params.memory_parallelism_ctas / ctas)
+        slices = split_k_slices(ctas, k, params.split_k_min_k, num_sms) if split else 1.0
+        # Little's law: few output tiles keep few bytes in flight (see KernelEfficiency); each
+        # split-K slice is a CTA of its own, with its own loads in flight
+        t_memory = t_memory * (1.0 + params.memory_parallelism_ctas / (ctas * slices))
         t_compute = t_compute + params.wave_overhead_s * np.ceil(ctas / num_sms)
+        if split:
+            # the partial sums of the slices are reduced after the K-loops (a second pass or
+            # serialised semaphores); its cost grows from 0 (no split) to split_k_overhead_s
+            t_split = params.split_k_overhead_s * (1.0 - 1.0 / slices)
     # A launched kernel costs its launch even when it has no work (an EP rank with no tokens).
     launch = np.asarray(launches, dtype=float) * params.launch_overhead_s
-    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch + t_gather
+    t = smoothmax(t_compute, t_memory, params.ridge_sharpness) + launch + t_gather + t_split
     if np.any(act_quant) and m is not None and k is not None:
         quant = params.act_quant_launch_s + params.act_quant_bytes_per_element * np.asarray(
             m, dtype=float
@@ -275,6 +308,35 @@ def mla_decode_grid(calibrated: bool, seqs, heads, keys, params: RooflineParams,
     if not calibrated or seqs is None or keys is None:
         return None, None
     return mla_decode_rows(seqs, heads, keys, params, num_sms), heads
+
+
+# TensorRT-LLM masked MHA launch (decoderMaskedMultiheadAttentionLaunch.h, mmha_launch_kernel_ex
+# and multi_block_grid_setup): 256 threads per CTA, register-limited to 32 warps per SM.
+MMHA_THREADS = 256
+MMHA_THREADS_PER_SM = 1024
+
+
+def mmha_key_tiles(seqs, q_heads, keys, head_dim, num_sms: int) -> np.ndarray:
+    """Key tiles ("seq_len_tile") per (sequence, query head) of TensorRT-LLM's masked MHA.
+
+    With batch x heads CTAs the launcher grows the CTA to 256 x min(ceil(4 SMs / CTAs), 4)
+    threads (256, 512 or 1024), then cuts each sequence's keys into
+    ceil(SMs x CTAs-per-SM / CTAs) tiles, but none shorter than one unrolled K/V loop of
+    ceil(threads / threads_per_value) x 8 keys (threads_per_value = padded head_dim x 2 bytes
+    / 16). More than one tile is multi-block mode: partial outputs reduced at the end.
+    """
+    total = np.maximum(np.asarray(seqs, dtype=float) * np.asarray(q_heads, dtype=float), 1.0)
+    per_sm = MMHA_THREADS_PER_SM // MMHA_THREADS
+    factor = np.minimum(np.ceil(per_sm * num_sms / total), per_sm)
+    threads = np.minimum(MMHA_THREADS * factor, MMHA_THREADS_PER_SM)
+    threads = np.where(threads < 512, 256.0, np.where(threads < 1024, 512.0, 1024.0))
+    d = np.maximum(np.asarray(head_dim, dtype=float), 1.0)
+    d_max = 2.0 ** np.ceil(np.log2(d))  # mmha::dh_max: head_dim padded to a power of two
+    per_value = np.maximum(d_max * 2.0 / 16.0, 1.0)
+    loop = np.ceil(threads / per_value) * 8.0
+    balanced = np.ceil(num_sms * (MMHA_THREADS_PER_SM / threads) / total)
+    most = np.ceil((np.asarray(keys, dtype=float) + 1.0) / loop)
+    return np.clip(np.minimum(balanced, most), 1.0, None)
 
 
 def decode_uses_grouped(seqs, kv_heads, q_per_kv, keys, kv_bytes_per_element, params, num_sms):
@@ -348,7 +410,12 @@ def decode_attention_time_s(
     if np.all(grouped):
         return t
     q_heads = kv_heads * g
-    chunks_u = split_kv_chunks(seqs, q_heads, keys, params, num_sms)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        head_dim = np.asarray(kv_bytes, dtype=float) / (
+            2.0 * seqs * np.asarray(keys, dtype=float) * kv_heads * kv_bytes_per_element
+        )
+    head_dim = np.nan_to_num(head_dim, nan=128.0, posinf=128.0)
+    chunks_u = mmha_key_tiles(seqs, q_heads, keys, head_dim, num_sms)
     extra = np.asarray(kv_bytes, dtype=float) * np.maximum(g - 1.0, 0.0)
     ungrouped = replace(
         params,
@@ -360,6 +427,8 @@ def decode_attention_time_s(
         flops, np.asarray(hbm_bytes, dtype=float) + extra * params.decode_ungrouped_kv_reread,
         params=ungrouped, m=seqs * chunks_u, n=q_heads, **common,
     )  # fmt: skip
+    # multi-block mode: the CTAs' partial softmax sums and outputs are reduced at the end
+    t_u = t_u + np.where(chunks_u > 1.0, params.decode_ungrouped_multi_block_s, 0.0)
     return np.where(grouped, t, t_u)
 
 

@@ -122,6 +122,11 @@ class KernelEfficiency(BaseModel):
     gather_efficiency: float = Field(0.0, ge=0, le=1)
     tile_candidates: list[list[int]] = []
     split_k: bool = True
+    # Split-K limit: a grid of fewer tiles than SMs cuts K in at most K / split_k_min_k slices
+    # (each slice keeps a K-loop long enough to pipeline; 0 = as many as fill the SMs), and
+    # reducing the slices' partial sums costs up to split_k_overhead_s (x (1 - 1 / slices)).
+    split_k_min_k: float = Field(0.0, ge=0, le=1 << 20)
+    split_k_overhead_s: float = Field(0.0, ge=0, le=1e-3)
     # Decode attention kernel choice of the engine (moesim.cost.roofline.decode_attention_time_s;
     # all off by default: one grouped kernel, one CTA per (sequence, KV head)). TensorRT-LLM
     # runs its grouped XQA kernel only for <= 32 query heads per KV head and only when the work
@@ -147,6 +152,9 @@ class KernelEfficiency(BaseModel):
     # K/V itself; XQA's HMMA kernel runs behind a separate preprocessing kernel); 0: the
     # block's launch_overhead_s.
     decode_ungrouped_launch_overhead_s: float = Field(0.0, ge=0, le=1e-3)
+    # Its multi-block mode (keys cut in tiles by roofline.mmha_key_tiles): the cost of reducing
+    # the tiles' partial outputs, paid whenever a sequence has more than one tile; 0 = none.
+    decode_ungrouped_multi_block_s: float = Field(0.0, ge=0, le=1e-3)
     # A grouped decode CTA serves all g query heads of its KV head; at short contexts its time
     # grows with g (each head's RoPE, softmax row and output, serial within the CTA; the H100
     # and H200 TensorRT-LLM fits give 0.06-0.09 us per head and wave on both XQA kernels).
