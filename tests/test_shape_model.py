@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.calibrate.shape_fit import ShapeCalibrator, heldout_by_hash
-from moesim.cost.kernel_cost import gemm_cost, moe_cost, moe_reduction_k
+from moesim.cost.kernel_cost import gemm_cost, moe_cost, moe_reduction_k, moe_weight_reads
 from moesim.cost.roofline import (
     RooflineParams,
     op_time_s,
@@ -140,6 +140,40 @@ def test_gather_bytes_run_as_their_own_kernels():
     assert t == pytest.approx(max(flops / PEAK, (nbytes - gather) / BW) + gather / (0.25 * BW))
 
 
+def test_expert_weights_stream_again_per_m_tile_at_the_l2_miss_share_by_hand():
+    # 2 active experts, 320 padded rows at block 64: 2.5 m-tiles each, so each expert's weights
+    # are streamed 1.5 more times; a quarter of those repeats reach HBM: x (1 + 0.25 x 1.5)
+    w = 2 * 3 * 4096 * 1536 * 1.0
+    assert float(moe_weight_reads(w, 320.0, 2.0, 64, 0.25)) == pytest.approx(w * 1.375)
+    # one m-tile per expert (or fewer rows) reads them once; r = 0 is the plain model
+    assert float(moe_weight_reads(w, 100.0, 2.0, 64, 0.25)) == pytest.approx(w)
+    assert float(moe_weight_reads(w, 320.0, 2.0, 64, 0.0)) == pytest.approx(w)
+    eff = H100.efficiency.model_copy(
+        update={"grouped_gemm": KernelEfficiency(weight_reread=0.25, memory_efficiency=0.5)}
+    )
+    realised = {"n_active_experts": 2.0, "sum_padded_tokens": 320.0, "assignments": 300.0}
+    args = (H100, 300.0, 2, 1, 4096, 1536, "fp8")
+    with_r = moe_cost(*args, realised=realised, efficiency=eff)
+    plain = moe_cost(*args, realised=realised, efficiency=H100.efficiency)
+    assert float(with_r["hbm_bytes"] - plain["hbm_bytes"]) == pytest.approx(w * 0.375)
+
+
+def test_the_moe_combine_writes_a_row_for_every_token_the_rank_holds():
+    # One EP rank of a 64-way group: 48 assignments of 4,096 tokens reach its 4 experts, but
+    # the combine (finalizeMoeRouting) writes all 4,096 output rows, h = 7168 bf16 each.
+    h, inter = 7168, 2048
+    realised = {"n_active_experts": 4.0, "sum_padded_tokens": 256.0, "assignments": 48.0}
+    kw = dict(realised=realised, efficiency=H100.efficiency)
+    local = moe_cost(H100, 6.0, 256, 8, h, inter, "fp8", tokens_seen=6.0, **kw)
+    held = moe_cost(H100, 6.0, 256, 8, h, inter, "fp8", tokens_seen=4096.0, **kw)
+    assert float(held["hbm_bytes"] - local["hbm_bytes"]) == pytest.approx((4096 - 6) * h * 2)
+    assert float(held["latency_s"]) > float(local["latency_s"])
+    # by default the call holds the tokens it is given
+    same = moe_cost(H100, 4096.0, 256, 8, h, inter, "fp8", realised=realised)
+    given = moe_cost(H100, 4096.0, 256, 8, h, inter, "fp8", realised=realised, tokens_seen=4096.0)
+    assert float(same["hbm_bytes"]) == float(given["hbm_bytes"])
+
+
 def test_input_quantisation_only_where_the_row_timed_it():
     eff = H100.efficiency.model_copy(
         update={"gemm": KernelEfficiency(act_quant_bytes_per_element=6.0, act_quant_launch_s=5e-6)}
@@ -260,3 +294,22 @@ def test_heldout_by_hash_is_key_local_and_a_fifth():
     held = heldout_by_hash(keys)
     assert abs(held.mean() - 0.2) < 0.01
     assert (heldout_by_hash(keys[::-1])[::-1] == held).all()  # order does not matter
+
+
+def test_the_step_model_combines_the_tokens_each_layout_holds_by_hand():
+    # DeepSeek-V3 decode, 64 sequences per DP rank. DP8 + EP8 (all-to-all): a rank holds the
+    # tokens it received, at most its assignments and at most the 512 of the stage. TP8 + EP8:
+    # every GPU holds the 64 tokens. The combine writes h = 7168 bf16 per held token on top of
+    # the fused-MoE rows per assignment, (2h + 2I + I + 2I) x 2 bytes with I = 2048.
+    from moesim.cost.ops import routing_or_default, step_ops
+    from moesim.spec.deployment import Layout
+    from moesim.spec.model import load_model
+
+    model = load_model("deepseek-v3")
+    h, per_assignment = 7168, (2 * 7168 + 5 * 2048) * 2
+    for layout, stage_tokens in ((Layout(tp=1, ep=8, dp=8), 512), (Layout(tp=8, ep=8), 64)):
+        ops, stats = step_ops(model, H100, layout, "decode", 64, 1, 1024, routing_or_default(None))
+        experts = next(o for o in ops if o.name == "moe.experts")
+        load = float(stats.max_gpu_load)
+        held = min(load, stage_tokens) if layout.dp > 1 else stage_tokens
+        assert float(experts.gather_bytes) == pytest.approx(load * per_assignment + held * h * 2)

@@ -148,7 +148,8 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
     """One MoE expert layer with the routing the profiler realised (active experts, padded rows).
 
     ``moe_cost`` charges activation traffic for ``tokens * top_k`` assignments; where the row
-    records the assignments this GPU actually computed (an EP slice), tokens = assignments / k.
+    records the assignments this GPU actually computed (an EP slice), tokens = assignments / k,
+    while the combine still writes an output row for every token the call was given.
     """
     top_k = _col(df, "top_k")
     tokens = _col(df, "tokens")
@@ -199,7 +200,7 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
     return kernel_cost.moe_cost(
         hw, tokens, experts, top_k, _col(df, "hidden"), _col(df, "intermediate"), dtype,
         realised=realised | {"assignments": tokens * top_k}, gated=gated, launches=launches,
-        efficiency=eff, eager=_eager(df), fmt=_fmt(df),
+        efficiency=eff, eager=_eager(df), fmt=_fmt(df), tokens_seen=_col(df, "tokens"),
     )  # fmt: skip
 
 

@@ -15,7 +15,8 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
   "Matrix Multiplication Background User's Guide"; Osama et al., PPoPP'23 Stream-K).
 - Grouped GEMM / fused MoE: FLOPs on each expert's rows padded to the kernel's block (the
   fragmentation of routing, from the row's realised routing), weights of the experts that got
-  tokens; K = hidden size.
+  tokens, streamed again for each further m-tile of an expert at a fitted L2 miss share, and
+  the combine's output row for every token the call holds; K = hidden size.
 - Prefill attention: CTAs per (sequence, head, 128-query tile) over the SMs, K = keys per query
   (FlashAttention-3, arXiv 2407.08608).
 - MLA decode (DeepSeek's latent attention): the same terms with CTAs per sequence and 64 query
@@ -68,11 +69,12 @@ _NAMES = ("compute_efficiency", "memory_efficiency", "launch_overhead_s", "k_ove
           "gather_efficiency", "decode_ungrouped_wave_overhead_s",
           "decode_ungrouped_memory_efficiency", "decode_ungrouped_kv_reread",
           "decode_grouped_head_wave_s", "decode_ungrouped_launch_overhead_s",
-          "split_k_min_k", "split_k_overhead_s", "decode_ungrouped_multi_block_s")  # fmt: skip
+          "split_k_min_k", "split_k_overhead_s", "decode_ungrouped_multi_block_s",
+          "weight_reread")  # fmt: skip
 _LO = np.array([np.log(0.01), np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, np.log(0.01),
-                0.0, np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # fmt: skip
+                0.0, np.log(0.01), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # fmt: skip
 _HI = np.array([0.0, 0.0, 200.0, 100.0, np.log(64.0), 32.0, 200.0, 256.0, 256.0, 200.0, 0.0,
-                200.0, 0.0, 1.0, 10.0, 200.0, 200.0, 50.0, 100.0])  # fmt: skip
+                200.0, 0.0, 1.0, 10.0, 200.0, 200.0, 50.0, 100.0, 1.0])  # fmt: skip
 # TensorRT-LLM's decode attention dispatch (see KernelEfficiency.decode_*): XQA for <= 32 query
 # heads per KV head (decoderXQAImplJIT supportConfigQGMMA / supportConfigHMMA: head_grp_size
 # > 32 is unsupported) when blocks x kEnableMinBlockFactor (4) >= SMs, blocks = sequences x KV
@@ -235,6 +237,7 @@ class ShapeCalibrator:
             active[9] = False
         else:
             active[10] = False  # separate permute / combine kernels: fused MoE only
+            active[19] = False  # weight re-reads per m-tile of an expert: fused MoE only
         if self.kernel_class != "attention_decode" or self.framework_ != "trtllm":
             active[11:14] = False  # the per-query-head fallback decode kernel
             active[15] = active[18] = False
@@ -258,6 +261,7 @@ class ShapeCalibrator:
             tile_operand_overhead=float(max(x[8], 0.0)),
             wave_overhead_s=float(max(x[9], 0.0) * 1e-6),
             gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
+            weight_reread=float(np.clip(x[19], 0.0, 1.0)),
             tile_candidates=setting["tile_candidates"],
             split_k=setting["split_k"],
             # the split-K limit means nothing to a grid that never splits K
@@ -292,7 +296,7 @@ class ShapeCalibrator:
         x0 = np.array([
             np.log(min(reference.compute_eff(fmt), 0.95)), np.log(min(reference.memory_efficiency, 0.95)),
             3.0, 2.0, np.log(4.0), 0.0, 0.0, 4.0, 8.0, 1.0, np.log(0.5), 1.0, np.log(0.5), 0.2,
-            0.05, 3.0, 5.0, 2.0, 3.0,
+            0.05, 3.0, 5.0, 2.0, 3.0, 0.2,
         ])  # fmt: skip
         active = self._active(train)
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
@@ -365,6 +369,11 @@ class ShapeCalibrator:
                     else {}
                 ),
                 "gather_efficiency": block.gather_efficiency,
+                **(
+                    {"weight_reread": block.weight_reread}
+                    if self.kernel_class == "grouped_gemm"
+                    else {}
+                ),
                 "ridge_sharpness": block.ridge_sharpness,
                 "split_k": block.split_k,
                 **(

@@ -144,6 +144,24 @@ def moe_reduction_k(hidden, intermediate, n_mat):
     return 1.0 / ((n_mat - 1.0) / n_mat / h + 1.0 / n_mat / i)
 
 
+def _moe_block(hw, efficiency, dtype, fmt):
+    eff = (efficiency or hw.efficiency).for_class("grouped_gemm")
+    return eff.for_format(dtype, fmt) if hasattr(eff, "for_format") else eff
+
+
+def moe_weight_reads(weight_bytes, padded, active, block_m, reread: float):
+    """HBM bytes of a grouped GEMM's expert weights (``weight_bytes``: the active experts' once).
+
+    Each expert's weights stream once per m-tile of ``block_m`` of its rows; the share
+    ``reread`` of the repeats misses L2: weights x (1 + r (padded / block_m / active - 1)).
+    """
+    if not reread or not block_m:
+        return weight_bytes
+    active = np.asarray(active, dtype=float)
+    per_expert = np.asarray(padded, dtype=float) / float(block_m) / np.maximum(active, 1e-30)
+    return weight_bytes * (1.0 + reread * np.maximum(per_expert - 1.0, 0.0))
+
+
 def moe_cost(
     hw,
     tokens,
@@ -163,6 +181,7 @@ def moe_cost(
     efficiency=None,
     eager=False,
     fmt="",
+    tokens_seen=None,
 ) -> dict:
     """One MoE layer's expert compute on the busiest EP rank: gate/up GEMM, activation, down GEMM.
 
@@ -170,6 +189,11 @@ def moe_cost(
     FLOPs = 2 x padded assignments x h x I x (3 gated | 2 plain), padded per expert to the
     kernel's block M (vLLM moe_align_block_size). ``realised`` (measured rows) gives the actual
     ``n_active_experts`` and ``sum_padded_tokens`` instead of their expectations.
+
+    ``tokens_seen``: the token rows the rank's MoE call holds (default ``tokens``). Its final
+    combine writes one h-wide output row for each of them, routed to the rank or not
+    (TensorRT-LLM finalizeMoeRouting over num_rows, vLLM moe_sum, SGLang's combine), so an EP
+    rank that receives every token pays for all of them.
     """
     from moesim.cost.routing import UNIFORM, routing_stats
 
@@ -196,8 +220,13 @@ def moe_cost(
         padded = stats.padded_assignments_max_gpu
         load = stats.max_gpu_load
     flops = 2.0 * padded * hidden * intermediate * n_mat
-    weights = active * n_mat * hidden * intermediate * wb
+    weights = moe_weight_reads(
+        active * n_mat * hidden * intermediate * wb, padded, active, block_m,
+        _moe_block(hw, efficiency, dtype, fmt).weight_reread,
+    )  # fmt: skip
     act_io = load * (2.0 * hidden + (n_mat - 1) * intermediate * 2 + intermediate) * ab
+    seen = tokens if tokens_seen is None else np.asarray(tokens_seen, dtype=float)
+    act_io = act_io + seen * hidden * ab  # the combine's output rows
     if launches is None:
         launches = MOE_IMPL_KERNELS["engine"][0]
     out = _time(

@@ -120,6 +120,10 @@ class KernelEfficiency(BaseModel):
     # that reach this fraction of the HBM bandwidth and do not overlap the GEMMs:
     # t += gather_bytes / (bandwidth x gather_efficiency). 0: those bytes stay in the roofline.
     gather_efficiency: float = Field(0.0, ge=0, le=1)
+    # A grouped GEMM streams an expert's weights once per m-tile of block_m rows of that
+    # expert; this share of the repeats (beyond the first) misses L2 and goes to HBM, so a
+    # fused MoE reads weights x (1 + r (tiles per active expert - 1)). 0 = weights read once.
+    weight_reread: float = Field(0.0, ge=0, le=1)
     tile_candidates: list[list[int]] = []
     split_k: bool = True
     # Split-K limit: a grid of fewer tiles than SMs cuts K in at most K / split_k_min_k slices
