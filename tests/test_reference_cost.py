@@ -124,11 +124,14 @@ def test_mixtral_decode_experts_by_hand(T):
     active = E * (1 - (1 - k / E) ** T)
     assert float(experts["flops"]) == pytest.approx(2 * T * k * h * inter * 3 * L, rel=1e-9)
     weights = active * 3 * h * inter * 2 * L  # bf16
-    # token traffic of vLLM's fused_moe per assignment: the row in and out (2h), the gate-up
-    # output written and read back (2 x 2I), the activated row read by the down GEMM (I)
-    rows = T * k * (2 * h + 2 * (2 * inter) + inter) * 2 * L
-    # the final combine (vLLM moe_sum, TensorRT-LLM finalizeMoeRouting) writes one h-wide bf16
-    # row for each of the T tokens the call holds, however many experts each was sent to
+    # token traffic per assignment, pass by pass (TensorRT-LLM CUTLASS MoE): expand reads the
+    # token's row and writes it in expert order (h + h); GEMM1 reads it (h) and writes the
+    # gate-up output (2I); the activation reads that (2I) and writes I; GEMM2 reads it (I) and
+    # scatter-adds its h-wide output (h)
+    per_assignment = (h + h) + (h + 2 * inter) + (2 * inter + inter) + (inter + h)
+    rows = T * k * per_assignment * 2 * L
+    # the output holds one h-wide bf16 row for each of the T tokens the call holds, however
+    # many experts each was sent to
     rows += T * h * 2 * L
     assert float(experts["hbm_bytes"]) == pytest.approx(weights + rows, rel=1e-9)
     assert rows < 0.01 * weights  # decode reads weights; the rows are noise

@@ -299,14 +299,15 @@ def test_heldout_by_hash_is_key_local_and_a_fifth():
 def test_the_step_model_combines_the_tokens_each_layout_holds_by_hand():
     # DeepSeek-V3 decode, 64 sequences per DP rank. DP8 + EP8 (all-to-all): a rank holds the
     # tokens it received, at most its assignments and at most the 512 of the stage. TP8 + EP8:
-    # every GPU holds the 64 tokens. The combine writes h = 7168 bf16 per held token on top of
-    # the fused-MoE rows per assignment, (2h + 2I + I + 2I) x 2 bytes with I = 2048.
+    # every GPU holds the 64 tokens. The serial kernels write h = 7168 bf16 per held token on
+    # top of the expand (read + write h) and activation (read 2I, write I) passes of each
+    # assignment, (2h + 3I) x 2 bytes with I = 2048; the GEMMs stream the same again.
     from moesim.cost.ops import routing_or_default, step_ops
     from moesim.spec.deployment import Layout
     from moesim.spec.model import load_model
 
     model = load_model("deepseek-v3")
-    h, per_assignment = 7168, (2 * 7168 + 5 * 2048) * 2
+    h, per_assignment = 7168, (2 * 7168 + 3 * 2048) * 2
     for layout, stage_tokens in ((Layout(tp=1, ep=8, dp=8), 512), (Layout(tp=8, ep=8), 64)):
         ops, stats = step_ops(model, H100, layout, "decode", 64, 1, 1024, routing_or_default(None))
         experts = next(o for o in ops if o.name == "moe.experts")

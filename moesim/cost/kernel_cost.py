@@ -162,6 +162,26 @@ def moe_weight_reads(weight_bytes, padded, active, block_m, reread: float):
     return weight_bytes * (1.0 + reread * np.maximum(per_expert - 1.0, 0.0))
 
 
+def moe_activation_bytes(assignments, tokens_held, hidden, intermediate, n_mat, act_bytes):
+    """HBM bytes of a fused MoE layer's token rows: (inside the GEMMs, in separate kernels).
+
+    The pipeline of TensorRT-LLM's CUTLASS MoE (moe_kernels.cu, CutlassMoeFCRunner::runMoe,
+    with the default finalize fusion), for A assignments of T held tokens:
+    expandInputRows gathers each assignment's input row into expert order (reads and writes
+    A x h); GEMM1 reads those rows and writes the gate/up output (A x (n_mat - 1) I); the
+    activation kernel reads it and writes A x I; GEMM2 reads that and its epilogue
+    scatter-adds A x h into the output, which is written once for every held token (T x h).
+    The GEMMs' own row loads and stores, A (2h + n_mat I), stream alongside their MMAs (the
+    roofline's memory term); the expand and activation passes, A (2h + n_mat I) again, and
+    the output rows run as kernels of their own, after one another (``gather_bytes``).
+    vLLM's and SGLang's Triton fused_moe gather rows inside GEMM1 and sum the k outputs in a
+    moe_sum pass instead: one A x h pass fewer serial, absorbed by the fitted gather efficiency.
+    """
+    a = np.asarray(assignments, dtype=float)
+    rows = a * (2.0 * hidden + n_mat * intermediate) * act_bytes
+    return rows, rows + np.asarray(tokens_held, dtype=float) * hidden * act_bytes
+
+
 def moe_cost(
     hw,
     tokens,
@@ -224,9 +244,8 @@ def moe_cost(
         active * n_mat * hidden * intermediate * wb, padded, active, block_m,
         _moe_block(hw, efficiency, dtype, fmt).weight_reread,
     )  # fmt: skip
-    act_io = load * (2.0 * hidden + (n_mat - 1) * intermediate * 2 + intermediate) * ab
     seen = tokens if tokens_seen is None else np.asarray(tokens_seen, dtype=float)
-    act_io = act_io + seen * hidden * ab  # the combine's output rows
+    streamed, serial = moe_activation_bytes(load, seen, hidden, intermediate, n_mat, ab)
     if launches is None:
         launches = MOE_IMPL_KERNELS["engine"][0]
     out = _time(
@@ -234,7 +253,7 @@ def moe_cost(
         "grouped_gemm",
         dtype,
         flops,
-        weights + act_io,
+        weights + streamed + serial,
         m=padded,
         n=(n_mat - 1) * intermediate,
         launches=launches,
@@ -242,7 +261,7 @@ def moe_cost(
         eager=eager,
         k=moe_reduction_k(hidden, intermediate, n_mat),
         fmt=fmt,
-        gather_bytes=act_io,
+        gather_bytes=serial,
     )
     out["weight_bytes"] = weights
     if stats is not None:

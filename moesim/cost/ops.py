@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moesim.cost.comm import remote_domain_fraction
-from moesim.cost.kernel_cost import _moe_block, moe_reduction_k, moe_weight_reads
+from moesim.cost.kernel_cost import (
+    _moe_block,
+    moe_activation_bytes,
+    moe_reduction_k,
+    moe_weight_reads,
+)
 from moesim.spec.deployment import Layout
 from moesim.spec.dtypes import (
     WEIGHT_COMPONENTS,
@@ -442,15 +447,14 @@ def _moe_ops(
     active = stats.active_experts_max_gpu
     offload = np.asarray(layout.offload_fraction, dtype=float)
     flops = 2.0 * padded * h * I_gpu * n_mat
-    # Fused MoE kernel traffic: active experts' weights once, token rows in, the gate/up output
-    # written and re-read for the down GEMM, and the output rows (vLLM fused_moe layout).
-    act_io = load * (2.0 * h + (n_mat - 1) * I_gpu + I_gpu + (n_mat - 1) * I_gpu) * ab
-    # The combine writes one output row per token the rank holds (kernel_cost.moe_cost): the
-    # tokens it received with DP attention and an all-to-all (at most one per assignment),
-    # else every token of the stage (TP attention: each GPU holds them all).
+    # Fused MoE token rows (kernel_cost.moe_activation_bytes): those the GEMMs stream, and the
+    # expand / activation passes and output rows run as kernels of their own. The output has
+    # one row per token the rank holds: the tokens it received with DP attention and an
+    # all-to-all (at most one per assignment), else every token of the stage (TP attention:
+    # each GPU holds them all).
     received = (ep > 1) & (layout.arr("dp") > 1)
     held = np.where(received, np.minimum(load, s.tokens_stage), s.tokens_stage)
-    act_io = act_io + held * h * ab
+    streamed, serial = moe_activation_bytes(load, held, h, I_gpu, n_mat, ab)
     ops = [
         gemm_op("moe.router", "moe", s.tokens_dp, E, h, ab, ab, "bf16", count),
         Op(
@@ -466,12 +470,13 @@ def _moe_ops(
                 routing.block_m,
                 _moe_block(hw, None, cdt, weight_dtype_of(model, layout, "experts")).weight_reread,
             )  # fmt: skip
-            + act_io,
+            + streamed
+            + serial,
             cdt,
             padded,
             (n_mat - 1) * I_gpu,
             moe_reduction_k(h, I_gpu, n_mat),
-            gather_bytes=act_io,
+            gather_bytes=serial,
         ),
     ]
     if np.any(offload > 0):
