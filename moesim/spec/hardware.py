@@ -115,10 +115,11 @@ class KernelEfficiency(BaseModel):
     # Fixed cost of each wave of output tiles (CTA prologue: loading the resident operand, and
     # epilogue: normalising and storing the output tile), added to t_compute per wave.
     wave_overhead_s: float = Field(0.0, ge=0, le=1e-3)
-    # Token permute / combine of a fused MoE run as their own kernels (TensorRT-LLM
-    # expandInputRows and finalizeMoeRouting, vLLM moe_align + moe_sum), index-driven gathers
-    # that reach this fraction of the HBM bandwidth and do not overlap the GEMMs:
-    # t += gather_bytes / (bandwidth x gather_efficiency). 0: those bytes stay in the roofline.
+    # The token passes a fused MoE runs as kernels of their own (TensorRT-LLM expandInputRows,
+    # the activation and the output rows; vLLM silu_and_mul + moe_sum; the byte split is
+    # kernel_cost.moe_activation_bytes) reach this fraction of the HBM bandwidth and do not
+    # overlap the GEMMs: t += gather_bytes / (bandwidth x gather_efficiency). 0: those bytes
+    # stay in the roofline.
     gather_efficiency: float = Field(0.0, ge=0, le=1)
     # A grouped GEMM streams an expert's weights once per m-tile of block_m rows of that
     # expert; this share of the repeats (beyond the first) misses L2 and goes to HBM, so a
