@@ -121,6 +121,11 @@ def test_balanced_router_counts_match_brute_force():
     # for j = 0 (32 of them) and j = 7 ([224, 264) wraps onto 0..7): 40 assignments, 32 active
     a, n = rank0(40, 256, 8, 32)
     assert (float(a), float(n)) == (40.0, 32.0)
+    # rows padded per token tile, by hand: 100 tokens, top-2 of 8 balanced = 25 per expert;
+    # rank 0 of EP 2 holds 4 experts: 4 x 32 rows at tiles of 16, 4 x 64 at 64
+    r = rank0_routing(100, 8, 2, 2, "balanced", tiles=(16, 64))
+    assert (r["sum_padded_tokens_t16"], r["sum_padded_tokens_t64"]) == (128.0, 256.0)
+    assert r["sum_padded_tokens"] == 256.0  # block_m = 64
 
 
 def test_training_subsample_keeps_every_heldout_row():

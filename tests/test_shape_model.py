@@ -314,3 +314,95 @@ def test_the_step_model_combines_the_tokens_each_layout_holds_by_hand():
         load = float(stats.max_gpu_load)
         held = min(load, stage_tokens) if layout.dp > 1 else stage_tokens
         assert float(experts.gather_bytes) == pytest.approx(load * per_assignment + held * h * 2)
+
+
+# A fused-MoE block as the engine fits give it: token tiles, their operand overhead, L2 misses
+# of the per-tile weight re-reads, serial token passes.
+_TILED = KernelEfficiency(
+    compute_efficiency=0.7, memory_efficiency=0.8, k_overhead=300.0, gather_efficiency=0.3,
+    launch_overhead_s=3e-6, ridge_sharpness=3.0, token_tiles=[16, 32, 64, 128, 256],
+    tile_operand_overhead=40.0, weight_reread=0.2,
+)  # fmt: skip
+
+
+def _tiled(block: KernelEfficiency):
+    return H100.efficiency.model_copy(update={"grouped_gemm": block})
+
+
+def test_a_fused_moe_runs_the_token_tile_its_autotuner_finds_fastest_by_hand():
+    # Two active experts, compute-bound (eta_c = 0.01), no launch, hard max, tiles of 16 and
+    # 64 token rows: a b-wide tile runs its MMAs at 1 / (1 + 16 / b) = 1/2 (16) or 4/5 (64).
+    block = KernelEfficiency(
+        compute_efficiency=0.01, memory_efficiency=1.0, launch_overhead_s=0.0,
+        ridge_sharpness=64.0, tile_operand_overhead=16.0, token_tiles=[64, 16],
+    )  # fmt: skip
+    h, inter = 1024, 512
+    peak = H100.peak("bf16")
+    for rows, tile, padded, rate in ((17, 16, 2 * 32, 0.5), (60, 64, 2 * 64, 0.8)):
+        # 17 rows: 32 padded rows at 1/2 (64 issued) beat 64 at 4/5 (80); 60 rows: both pad to
+        # 64, and the wide tile's rate wins
+        by_tile = {16: 2 * 16 * -(-rows // 16), 64: 2 * 64 * -(-rows // 64)}
+        realised = {"n_active_experts": 2.0, "sum_padded_tokens": by_tile[64],
+                    "sum_padded_by_tile": by_tile}  # fmt: skip
+        res = moe_cost(H100, 2 * rows, 8, 1, h, inter, "bf16", realised=realised, launches=0,
+                       efficiency=_tiled(block))  # fmt: skip
+        flops = 2.0 * padded * h * inter * 3
+        assert float(res["token_tile"]) == tile
+        assert float(res["flops"]) == pytest.approx(flops)
+        assert float(res["latency_s"]) == pytest.approx(flops / (peak * 0.01 * rate), rel=1e-9)
+    # without token tiles the rows pad to the caller's block at the full rate
+    plain = block.model_copy(update={"token_tiles": []})
+    res = moe_cost(H100, 34, 8, 1, h, inter, "bf16", launches=0, efficiency=_tiled(plain),
+                   realised={"n_active_experts": 2.0, "sum_padded_tokens": 128.0,
+                             "sum_padded_by_tile": {16: 64.0, 64: 128.0}})  # fmt: skip
+    assert float(res["latency_s"]) == pytest.approx(2.0 * 128 * h * inter * 3 / (peak * 0.01))
+
+
+def test_token_tiles_stream_each_experts_weights_once_per_tile():
+    # Memory-bound: one expert with 40 rows, weight re-read share 1 (every repeat from HBM).
+    # A 16-row tile streams the weights 3 times, a 64-row one once: the wide tile wins.
+    block = KernelEfficiency(
+        compute_efficiency=1.0, memory_efficiency=1.0, launch_overhead_s=0.0,
+        ridge_sharpness=64.0, tile_operand_overhead=0.0, token_tiles=[16, 64],
+        weight_reread=1.0,
+    )  # fmt: skip
+    h, inter = 4096, 2048
+    realised = {"n_active_experts": 1.0, "sum_padded_tokens": 64.0,
+                "sum_padded_by_tile": {16: 48.0, 64: 64.0}}  # fmt: skip
+    res = moe_cost(H100, 40, 8, 1, h, inter, "bf16", realised=realised, launches=0,
+                   efficiency=_tiled(block))  # fmt: skip
+    assert float(res["token_tile"]) == 64
+    assert float(res["weight_bytes"]) == pytest.approx(3 * h * inter * 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tokens=st.integers(1, 8192), extra=st.integers(1, 4096))
+def test_more_tokens_never_take_less_time_with_token_tiles(tokens, extra):
+    block = _TILED
+    args = dict(experts=64, top_k=6, hidden=2048, intermediate=1408, dtype="bf16")
+    t0 = moe_cost(H100, tokens, **args, efficiency=_tiled(block))
+    t1 = moe_cost(H100, tokens + extra, **args, efficiency=_tiled(block))
+    assert float(t1["latency_s"]) >= float(t0["latency_s"]) * (1 - 1e-9)
+    assert float(t0["latency_s"]) >= float(t0["floor_s"]) * (1 - 1e-12)
+
+
+def test_the_step_model_prices_the_token_tile_the_kernel_model_picks():
+    from moesim.cost.ops import routing_or_default, step_ops
+    from moesim.spec.deployment import Layout
+    from moesim.spec.model import load_model
+
+    block = _TILED
+    hw = H100.model_copy(update={"efficiency": _tiled(block)})
+    model = load_model("deepseek-v3")
+    tiles = set()
+    for batch in (1, 16, 256, 4096):
+        ops, _ = step_ops(model, hw, Layout(tp=8, ep=8), "decode", batch, 1, 1024,
+                          routing_or_default(None))  # fmt: skip
+        experts = next(o for o in ops if o.name == "moe.experts")
+        ref = moe_cost(hw, batch, 256, 8, 7168, 2048, experts.dtype, ep=8, fmt=experts.fmt)
+        assert float(experts.flops) == pytest.approx(float(ref["flops"]), rel=1e-12)
+        assert float(experts.hbm_bytes) == pytest.approx(float(ref["hbm_bytes"]), rel=1e-12)
+        tile = float(ref["token_tile"])
+        assert float(experts.mma_rate) == pytest.approx(1 / (1 + 40.0 / tile))
+        tiles.add(tile)
+    assert len(tiles) > 1  # small batches take narrow tiles, large ones wide

@@ -625,26 +625,34 @@ def convert_gemm(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 MOE_BLOCK_M = 64
 
 
-def _rank0_routing(T, E, k, ep, dist, gen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(assignments, active experts, padded rows) of EP rank 0 per row, for AIC's balanced and
-    power-law collector routing (:func:`moesim.calibrate.aic_routing.rank0_routing`) of the
-    collector generation ``gen`` of each row."""
+def _rank0_routing(T, E, k, ep, dist, gen) -> dict[str, np.ndarray]:
+    """Rank 0's assignments, active experts and rows padded to MOE_BLOCK_M and to each engine
+    token tile (``sum_padded_tokens_t<b>``) per row, for AIC's balanced and power-law
+    collector routing (:func:`moesim.calibrate.aic_routing.rank0_routing`) of the collector
+    generation ``gen`` of each row."""
     from moesim.calibrate.aic_routing import rank0_routing
+    from moesim.cost.kernel_cost import ENGINE_TOKEN_TILES
 
+    names = ["assignments", "n_active_experts", "sum_padded_tokens"] + [
+        f"sum_padded_tokens_t{b}" for b in ENGINE_TOKEN_TILES
+    ]
     cache: dict[tuple, dict[str, float]] = {}
-    out = np.full((len(T), 3), np.nan)
+    out = np.full((len(T), len(names)), np.nan)
     for i, key in enumerate(
         zip(T.tolist(), E.tolist(), k.tolist(), ep.tolist(), dist, gen, strict=True)
     ):
         if key not in cache:
             try:
-                cache[key] = rank0_routing(*key[:5], block_m=MOE_BLOCK_M, generation=int(key[5]))
+                cache[key] = rank0_routing(
+                    *key[:5], block_m=MOE_BLOCK_M, generation=int(key[5]),
+                    tiles=ENGINE_TOKEN_TILES,
+                )  # fmt: skip
             except ValueError:
                 cache[key] = {}
         r = cache[key]
         if r:
-            out[i] = (r["assignments"], r["n_active_experts"], r["sum_padded_tokens"])
-    return out[:, 0], out[:, 1], out[:, 2]
+            out[i] = [r[n] for n in names]
+    return {n: out[:, j] for j, n in enumerate(names)}
 
 
 def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -680,10 +688,10 @@ def convert_moe(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     versions = raw["version"].astype(str) if "version" in raw.columns else pd.Series("", raw.index)
     gen = versions.map({v: collector_generation(framework, v) for v in versions.unique()})
     gen = gen.to_numpy(dtype=int)
-    assign, active, padded = _rank0_routing(T, E, k, ep, dist.to_numpy(), gen)
-    out["assignments"] = assign
-    out["n_active_experts"] = active
-    out["sum_padded_tokens"] = padded
+    routed = _rank0_routing(T, E, k, ep, dist.to_numpy(), gen)
+    for name, col in routed.items():
+        out[name] = col
+    assign, active = routed["assignments"], routed["n_active_experts"]
     # moesim.cost.kernel_cost.moe_cost with the realised routing of rank 0: FLOPs = 2 x
     # assignments x h x I x (3 gated | 2 plain); weights of the active experts read once;
     # activations of every assignment in and out (bf16 for fp8 / fp4 experts).

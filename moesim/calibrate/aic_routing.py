@@ -179,8 +179,10 @@ def rank0_routing(
     draws: int = POWER_LAW_DRAWS,
     seed: int = 0,
     generation: int = 3,
+    tiles: tuple[int, ...] = (),
 ) -> dict[str, float]:
-    """Expected ``n_active_experts``, ``assignments``, ``sum_padded_tokens`` of EP rank 0."""
+    """Expected ``n_active_experts``, ``assignments``, ``sum_padded_tokens`` of EP rank 0,
+    and ``sum_padded_tokens_t<b>`` (rows padded per expert to b) for each of ``tiles``."""
     local = experts // max(ep, 1)
     dist = str(distribution)
     if dist == "balanced":
@@ -195,9 +197,12 @@ def rank0_routing(
     else:
         raise ValueError(f"unknown aiconfigurator routing {distribution!r}")
     mine = np.array([s[:local] for s in samples], dtype=float)
-    padded = np.ceil(mine / block_m) * block_m
+
+    def padded(b: int) -> float:
+        return float(np.mean((np.ceil(mine / b) * b).sum(axis=1)))
+
     return {
         "n_active_experts": float(np.mean(np.sum(mine > 0, axis=1))),
         "assignments": float(np.mean(mine.sum(axis=1))),
-        "sum_padded_tokens": float(np.mean(padded.sum(axis=1))),
-    }
+        "sum_padded_tokens": padded(block_m),
+    } | {f"sum_padded_tokens_t{b}": padded(b) for b in tiles}

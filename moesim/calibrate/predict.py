@@ -166,7 +166,17 @@ def _moe(hw, df: pd.DataFrame, dtype: str, eff) -> dict:
             impl = df["impl"].astype(str)
             pads = (impl.str.startswith("triton") | ~impl.isin(["loop", "grouped_mm"])).to_numpy()
             padded = np.where(pads, padded, assignments)
+        else:
+            pads = np.ones(len(df), bool)
         realised = {"n_active_experts": _col(df, "n_active_experts"), "sum_padded_tokens": padded}
+        # rows padded to each engine token tile, where the import recorded them (aic.convert_moe)
+        by_tile = {
+            int(c.removeprefix("sum_padded_tokens_t")): np.where(pads, _col(df, c), assignments)
+            for c in df.columns
+            if c.startswith("sum_padded_tokens_t") and np.isfinite(_col(df, c)).all()
+        }
+        if by_tile:
+            realised["sum_padded_by_tile"] = by_tile
     gated = _bool(df["gated"].iloc[0]) if "gated" in df.columns else True
     experts = _col(df, "experts")
     if realised is None:

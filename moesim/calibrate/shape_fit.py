@@ -13,10 +13,13 @@ kernel, with its shape terms switched on (see :class:`moesim.spec.hardware.Kerne
   fitted K (a slice must keep a K-loop long enough to pipeline), and reducing the slices'
   partial sums costs a fitted time. K0 is the K-loop prologue / epilogue of each tile (NVIDIA
   "Matrix Multiplication Background User's Guide"; Osama et al., PPoPP'23 Stream-K).
-- Grouped GEMM / fused MoE: FLOPs on each expert's rows padded to the kernel's block (the
+- Grouped GEMM / fused MoE: FLOPs on each expert's rows padded to the token tile (the
   fragmentation of routing, from the row's realised routing), weights of the experts that got
-  tokens, streamed again for each further m-tile of an expert at a fitted L2 miss share, and
-  the combine's output row for every token the call holds; K = hidden size.
+  tokens, streamed again for each further tile of an expert at a fitted L2 miss share, and
+  the combine's output row for every token the call holds; K per GEMM. Imported engine rows
+  carry their rows padded to each of the engine's token tiles (16-256): the autotuner's
+  fastest tile wins, a b-wide tile's MMAs at 1 / (1 + a / b) with a fitted (see
+  KernelEfficiency.token_tiles).
 - Prefill attention: CTAs per (sequence, head, 128-query tile) over the SMs, K = keys per query
   (FlashAttention-3, arXiv 2407.08608).
 - MLA decode (DeepSeek's latent attention): the same terms with CTAs per sequence and 64 query
@@ -47,6 +50,7 @@ import pandas as pd
 
 from moesim.calibrate.measurements import error_stats, shape_hash
 from moesim.calibrate.predict import group_rows, predict_groups
+from moesim.cost.kernel_cost import ENGINE_TOKEN_TILES
 from moesim.errors import MoesimError
 from moesim.spec.hardware import KernelEfficiency, normalize_format
 
@@ -147,6 +151,7 @@ class ShapeCalibrator:
         self.max_train_rows = max_train_rows
         self.heldout_keys = heldout_keys
         self.framework_ = ""
+        self.token_tiles_: list[int] = []
 
     # ------------------------------------------------------------------ fit
     def fit(self, rows: pd.DataFrame) -> ShapeCalibrator:
@@ -156,6 +161,13 @@ class ShapeCalibrator:
         df["_fmt"] = row_format(df)
         frameworks = set(df["framework"].astype(str)) if "framework" in df.columns else set()
         self.framework_ = frameworks.pop() if len(frameworks) == 1 else ""
+        # Imported engine tables record each row's rows padded to every engine token tile
+        # (aic.convert_moe); rows of our own profiler run one known block and do not.
+        self.token_tiles_ = [
+            b for b in ENGINE_TOKEN_TILES
+            if f"sum_padded_tokens_t{b}" in df.columns
+            and np.isfinite(df[f"sum_padded_tokens_t{b}"].to_numpy(dtype=float)).all()
+        ] if self.kernel_class == "grouped_gemm" else []  # fmt: skip
         if self.heldout_keys is not None:  # the caller's split (e.g. one rule over an import)
             held = df["shape_key"].astype(str).isin(set(map(str, self.heldout_keys))).to_numpy()
         else:
@@ -221,6 +233,9 @@ class ShapeCalibrator:
                 {"tile_candidates": list(MLA_DECODE_TILES), "split_k": True,
                  "split": {"decode_split_kv_tokens": 128, "decode_split_kv_target_waves": 8.0}}
             ]  # fmt: skip
+        if self.kernel_class == "grouped_gemm" and self.token_tiles_:
+            # the engine's autotuner picks each shape's token tile (KernelEfficiency.token_tiles)
+            return [{"tile_candidates": [], "split_k": True, "token_tiles": self.token_tiles_}]
         return [{"tile_candidates": [], "split_k": True}]
 
     def _active(self, train: pd.DataFrame) -> np.ndarray:
@@ -230,8 +245,10 @@ class ShapeCalibrator:
             active[3] = False  # no K-loop term: one query per sequence
         if self.kernel_class not in ("gemm", "attention_decode", "attention_decode_mla"):
             active[7] = False  # memory-level parallelism: CTA counts of GEMMs and decode
-        if self.kernel_class != "gemm":
-            active[8] = False  # operand overhead of GEMM tiles
+        if self.kernel_class != "gemm" and not (
+            self.kernel_class == "grouped_gemm" and self.token_tiles_
+        ):
+            active[8] = False  # operand overhead of GEMM tiles (and of fused MoE token tiles)
             active[16:18] = False  # split-K limit and reduction of dense GEMMs
         if self.kernel_class == "grouped_gemm":
             active[9] = False
@@ -263,6 +280,7 @@ class ShapeCalibrator:
             gather_efficiency=float(min(np.exp(x[10]), 1.0)) if x[10] < 0 else 0.0,
             weight_reread=float(np.clip(x[19], 0.0, 1.0)),
             tile_candidates=setting["tile_candidates"],
+            token_tiles=setting.get("token_tiles", []),
             split_k=setting["split_k"],
             # the split-K limit means nothing to a grid that never splits K
             split_k_min_k=float(max(x[16], 0.0) * 100.0) if setting["split_k"] else 0.0,
@@ -299,6 +317,11 @@ class ShapeCalibrator:
             0.05, 3.0, 5.0, 2.0, 3.0, 0.2,
         ])  # fmt: skip
         active = self._active(train)
+        if self.kernel_class == "grouped_gemm" and self.token_tiles_:
+            # A 128 x b wgmma tile reading its weight operand from shared memory (64 x 16 per
+            # k-step and warpgroup, 128 B/clk/SM) issues at 2b / (64 + b) of the peak for
+            # b < 64: about 1 / (1 + 32 / b), the start of the token tiles' operand overhead
+            x0[8] = 32.0
         x0[~active] = 0.0  # terms a class does not have are off, not held at a start value
         held_at: dict[str, str] = {}
         best = None
@@ -312,6 +335,12 @@ class ShapeCalibrator:
             alt = x0.copy()
             alt[3], alt[9] = 10.0, 3.0
             starts = [np.clip(x0, lo, hi), np.clip(alt, lo, hi)]
+            if self.kernel_class == "grouped_gemm" and self.token_tiles_ and active[8]:
+                # and narrow tiles twice as costly: the tile choice has basins of its own
+                for x in list(starts):
+                    wide = x.copy()
+                    wide[8] = 2.0 * x0[8]
+                    starts.append(np.clip(wide, lo, hi))
             runs = [(st, x) for st in self._settings() for x in starts]
             if best is not None:
                 # a refit after holding a parameter also starts where the last fit ended (held
@@ -333,6 +362,16 @@ class ShapeCalibrator:
                     residuals, x_start, bounds=(lo, hi), method="trf", loss=LOSS,
                     f_scale=F_SCALE, x_scale=1.0, max_nfev=MAX_NFEV,
                 )  # fmt: skip
+                # The token tiles' choice makes the landscape piecewise (the fastest tile
+                # switches between shapes): a run stopped by the evaluation cap goes on from
+                # where it stopped, up to twice.
+                for _more in range(2 if setting.get("token_tiles") else 0):
+                    if res.status != 0:
+                        break
+                    res = least_squares(
+                        residuals, res.x, bounds=(lo, hi), method="trf", loss=LOSS,
+                        f_scale=F_SCALE, x_scale=1.0, max_nfev=MAX_NFEV,
+                    )  # fmt: skip
                 loss = float(res.cost)
                 if best is None or loss < best[0]:
                     best = (loss, setting, res.x)
@@ -370,7 +409,7 @@ class ShapeCalibrator:
                 ),
                 "gather_efficiency": block.gather_efficiency,
                 **(
-                    {"weight_reread": block.weight_reread}
+                    {"weight_reread": block.weight_reread, "token_tiles": list(block.token_tiles)}
                     if self.kernel_class == "grouped_gemm"
                     else {}
                 ),

@@ -99,7 +99,12 @@ def moe(
         None, "--capacity-factor", min=0.0, help="Capacity factor C."
     ),
     block_m: int = typer.Option(
-        64, "--block-m", min=1, max=MAX_BLOCK_M, help="Block M that each expert's tokens pad to."
+        64,
+        "--block-m",
+        min=1,
+        max=MAX_BLOCK_M,
+        help="Block M that each expert's tokens pad to; a profile fitted with "
+        "token tiles picks the fastest of its tiles instead (token_tile in the output).",
     ),
     plain: bool = typer.Option(False, "--plain", help="Non-gated FFN (2 matrices instead of 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

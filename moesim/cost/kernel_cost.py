@@ -34,6 +34,7 @@ def _time(
     fmt="",
     act_quant=False,
     gather_bytes=None,
+    mma_rate=None,
 ):
     eff = (efficiency or hw.efficiency).for_class(kernel_class)
     peak = hw.peak(dtype)
@@ -53,6 +54,7 @@ def _time(
         k=k,
         act_quant=act_quant,
         gather_bytes=gather_bytes,
+        mma_rate=mma_rate,
     )
     return _result(t, flops, hbm_bytes, peak, bw)
 
@@ -162,6 +164,72 @@ def moe_weight_reads(weight_bytes, padded, active, block_m, reread: float):
     return weight_bytes * (1.0 + reread * np.maximum(per_expert - 1.0, 0.0))
 
 
+# Token tiles of the engines' fused-MoE GEMMs on Hopper: TensorRT-LLM's CUTLASS MoE GEMM puts
+# each expert's tokens on the tile's N side (CutlassTileConfigSM90 CtaShape128x{16, 32, 64,
+# 128, 256}, chosen per token count by its autotuner); vLLM's and SGLang's Triton fused_moe
+# pick BLOCK_SIZE_M from the same range in their tuned configs.
+ENGINE_TOKEN_TILES: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def moe_token_tile(
+    hw,
+    dtype,
+    fmt,
+    efficiency,
+    candidates,
+    *,
+    active,
+    weight_bytes,
+    streamed,
+    serial,
+    hidden,
+    intermediate,
+    n_mat,
+    launches=1,
+    eager=False,
+) -> dict:
+    """The token tile a fused MoE's autotuner picks: the fastest of ``candidates``.
+
+    ``candidates``: (tile rows b, rows padded per expert to b) pairs, b None for no padding.
+    Each is priced as the kernel would run it: FLOPs on its padded rows, weights streamed once
+    per tile of an expert's rows (:func:`moe_weight_reads`), MMAs at 1 / (1 + a / b) of the
+    fitted rate with a = the block's ``tile_operand_overhead`` when it lists ``token_tiles``
+    (see KernelEfficiency.token_tiles), else at the full rate. Returns, per point, the chosen
+    ``tile``, ``padded`` rows, ``flops``, ``weight_bytes``, ``mma_rate``.
+    """
+    block = _moe_block(hw, efficiency, dtype, fmt)
+    ovh = block.tile_operand_overhead if block.token_tiles else 0.0
+    best = None
+    for b, padded in candidates:
+        padded = np.asarray(padded, dtype=float)
+        flops = 2.0 * padded * hidden * intermediate * n_mat
+        weights = moe_weight_reads(weight_bytes, padded, active, b, block.weight_reread)
+        rate = 1.0 / (1.0 + ovh / b) if (b and ovh) else 1.0
+        t = _time(
+            hw, "grouped_gemm", dtype, flops, weights + streamed + serial, m=padded,
+            n=(n_mat - 1) * intermediate, launches=launches, efficiency=efficiency, eager=eager,
+            k=moe_reduction_k(hidden, intermediate, n_mat), fmt=fmt, gather_bytes=serial,
+            mma_rate=rate,
+        )["latency_s"]  # fmt: skip
+        cand = {
+            "latency_s": t, "tile": np.full(np.shape(t), float(b or 0)), "padded": padded,
+            "flops": flops, "weight_bytes": weights, "mma_rate": np.full(np.shape(t), rate),
+        }  # fmt: skip
+        if best is None:
+            best = {k: np.asarray(v, dtype=float) for k, v in cand.items()}
+            continue
+        better = np.asarray(t < best["latency_s"])
+        best = {k: np.where(better, v, best[k]) for k, v in cand.items()}
+    return best
+
+
+def moe_token_tile_candidates(block, block_m, padded_of):
+    """(b, padded rows) candidates of a fused MoE: the block's ``token_tiles`` (``padded_of(b)``
+    gives the rows padded to b), else the caller's ``block_m`` with its ``padded_of(block_m)``."""
+    tiles = list(getattr(block, "token_tiles", []) or [])
+    return [(b, padded_of(b)) for b in tiles] or [(block_m, padded_of(block_m))]
+
+
 def moe_activation_bytes(assignments, tokens_held, hidden, intermediate, n_mat, act_bytes):
     """HBM bytes of a fused MoE layer's token rows: (inside the GEMMs, in separate kernels).
 
@@ -207,8 +275,11 @@ def moe_cost(
 
     Weights read = active experts x expert bytes (DESIGN: only experts with n_e > 0 are read);
     FLOPs = 2 x padded assignments x h x I x (3 gated | 2 plain), padded per expert to the
-    kernel's block M (vLLM moe_align_block_size). ``realised`` (measured rows) gives the actual
-    ``n_active_experts`` and ``sum_padded_tokens`` instead of their expectations.
+    kernel's block M (vLLM moe_align_block_size), or, where the efficiency block lists
+    ``token_tiles``, to the tile its autotuner finds fastest (:func:`moe_token_tile`).
+    ``realised`` (measured rows) gives the actual ``n_active_experts`` and
+    ``sum_padded_tokens`` (and ``sum_padded_by_tile``: {tile: rows padded to it}) instead of
+    their expectations. The result's ``token_tile`` is the chosen tile (0: no padding).
 
     ``tokens_seen``: the token rows the rank's MoE call holds (default ``tokens``). Its final
     combine writes one h-wide output row for each of them, routed to the rank or not
@@ -221,49 +292,48 @@ def moe_cost(
     ab = dtype_bytes("bf16" if dtype in ("fp8", "fp4") else dtype)
     wb = dtype_bytes(dtype)
     tokens = np.asarray(tokens, dtype=float)
+    block = _moe_block(hw, efficiency, dtype, fmt)
+
+    def routed(b):
+        return routing_stats(
+            tokens, top_k, experts, ep=ep, dist=routing or UNIFORM, block_m=b,
+            capacity_factor=capacity_factor,
+        )  # fmt: skip
+
     if realised is not None:
         active = np.asarray(realised["n_active_experts"], dtype=float)
         padded = np.asarray(realised["sum_padded_tokens"], dtype=float)
         load = np.asarray(realised.get("assignments", tokens * top_k), dtype=float)
+        by_tile = realised.get("sum_padded_by_tile") or {}
         stats = None
+        # measured rows carry the rows padded to each token tile where their routing is known
+        tiles = [b for b in block.token_tiles if b in by_tile]
+        candidates = [(b, by_tile[b]) for b in tiles] or [(block_m, padded)]
     else:
-        stats = routing_stats(
-            tokens,
-            top_k,
-            experts,
-            ep=ep,
-            dist=routing or UNIFORM,
-            block_m=block_m,
-            capacity_factor=capacity_factor,
-        )
+        stats = routed(block_m)
         active = stats.active_experts_max_gpu
-        padded = stats.padded_assignments_max_gpu
         load = stats.max_gpu_load
-    flops = 2.0 * padded * hidden * intermediate * n_mat
-    weights = moe_weight_reads(
-        active * n_mat * hidden * intermediate * wb, padded, active, block_m,
-        _moe_block(hw, efficiency, dtype, fmt).weight_reread,
-    )  # fmt: skip
+        candidates = moe_token_tile_candidates(
+            block, block_m,
+            lambda b: stats.padded_assignments_max_gpu if b == block_m
+            else routed(b).padded_assignments_max_gpu,
+        )  # fmt: skip
     seen = tokens if tokens_seen is None else np.asarray(tokens_seen, dtype=float)
     streamed, serial = moe_activation_bytes(load, seen, hidden, intermediate, n_mat, ab)
     if launches is None:
         launches = MOE_IMPL_KERNELS["engine"][0]
-    out = _time(
-        hw,
-        "grouped_gemm",
-        dtype,
-        flops,
-        weights + streamed + serial,
-        m=padded,
-        n=(n_mat - 1) * intermediate,
-        launches=launches,
-        efficiency=efficiency,
-        eager=eager,
-        k=moe_reduction_k(hidden, intermediate, n_mat),
-        fmt=fmt,
-        gather_bytes=serial,
-    )
-    out["weight_bytes"] = weights
+    tile = moe_token_tile(
+        hw, dtype, fmt, efficiency, candidates, active=active,
+        weight_bytes=active * n_mat * hidden * intermediate * wb, streamed=streamed,
+        serial=serial, hidden=hidden, intermediate=intermediate, n_mat=n_mat,
+        launches=launches, eager=eager,
+    )  # fmt: skip
+    out = _result(
+        tile["latency_s"], tile["flops"], tile["weight_bytes"] + streamed + serial,
+        hw.peak(dtype), hw.hbm_bandwidth_bytes_per_s,
+    )  # fmt: skip
+    out["weight_bytes"] = tile["weight_bytes"]
+    out["token_tile"] = tile["tile"]
     if stats is not None:
         out.update(
             max_load_ratio=stats.max_load_ratio,

@@ -22,7 +22,8 @@ from moesim.cost.kernel_cost import (
     _moe_block,
     moe_activation_bytes,
     moe_reduction_k,
-    moe_weight_reads,
+    moe_token_tile,
+    moe_token_tile_candidates,
 )
 from moesim.spec.deployment import Layout
 from moesim.spec.dtypes import (
@@ -54,6 +55,7 @@ class Op:
     k: np.ndarray | None = None  # reduction length per output tile (GEMM K, attention keys)
     fmt: str = ""  # weight format of a GEMM's weights (picks the format's own kernel block)
     gather_bytes: np.ndarray | None = None  # of hbm_bytes: an MoE's token permute / combine
+    mma_rate: np.ndarray | None = None  # MMA rate of a fused MoE's token tile (None = 1)
     # decode attention (roofline.decode_attention_time_s): m = sequences, n = KV heads, k = keys
     # per sequence; the K/V-cache part of hbm_bytes, query heads per KV head, KV element bytes
     kv_bytes: np.ndarray | None = None
@@ -425,28 +427,31 @@ def _moe_ops(
     # Points whose EP size cannot hold the experts are infeasible (check_layout says why); they
     # are evaluated at ep=1 so that one bad point does not stop a vectorised sweep.
     ep_ok = ((E + redundant) % ep == 0) & (ep <= E + redundant)
-    stats = routing_stats(
-        s.tokens_stage,
-        k,
-        E,
-        ep=np.where(ep_ok, ep, 1.0),
-        dist=routing.dist or UNIFORM,
-        block_m=routing.block_m,
-        capacity_factor=routing.capacity_factor,
-        redundant_experts=redundant,
-    )
+
+    def routed(block_m):
+        return routing_stats(
+            s.tokens_stage,
+            k,
+            E,
+            ep=np.where(ep_ok, ep, 1.0),
+            dist=routing.dist or UNIFORM,
+            block_m=block_m,
+            capacity_factor=routing.capacity_factor,
+            redundant_experts=redundant,
+        )
+
+    stats = routed(routing.block_m)
     load = stats.max_gpu_load
-    padded = stats.padded_assignments_max_gpu
+    keep = 1.0
     if routing.capacity_factor is not None and routing.drop_tokens:
         # Dropped tokens skip the experts (Switch Transformer, arXiv:2101.03961 section 2.2).
         keep = 1.0 - stats.drop_rate
-        load, padded = load * keep, padded * keep
+        load = load * keep
     I_gpu = inter / moe_tp
     n_mat = model.ffn_matrices
     expert_bytes = n_mat * h * I_gpu * wb  # one expert's slice on this GPU
     active = stats.active_experts_max_gpu
     offload = np.asarray(layout.offload_fraction, dtype=float)
-    flops = 2.0 * padded * h * I_gpu * n_mat
     # Fused MoE token rows (kernel_cost.moe_activation_bytes): those the GEMMs stream, and the
     # expand / activation passes and output rows run as kernels of their own. The output has
     # one row per token the rank holds: the tokens it received with DP attention and an
@@ -455,6 +460,18 @@ def _moe_ops(
     received = (ep > 1) & (layout.arr("dp") > 1)
     held = np.where(received, np.minimum(load, s.tokens_stage), s.tokens_stage)
     streamed, serial = moe_activation_bytes(load, held, h, I_gpu, n_mat, ab)
+    # The token tile the engine's autotuner picks (kernel_cost.moe_token_tile): rows padded
+    # per expert to it, weights streamed once per tile, its MMA rate.
+    fmt = weight_dtype_of(model, layout, "experts")
+    candidates = moe_token_tile_candidates(
+        _moe_block(hw, None, cdt, fmt), routing.block_m,
+        lambda b: keep * (stats if b == routing.block_m else routed(b)).padded_assignments_max_gpu,
+    )  # fmt: skip
+    tile = moe_token_tile(
+        hw, cdt, fmt, None, candidates, active=active, weight_bytes=active * expert_bytes,
+        streamed=streamed, serial=serial, hidden=h, intermediate=I_gpu, n_mat=n_mat,
+    )  # fmt: skip
+    padded = tile["padded"]
     ops = [
         gemm_op("moe.router", "moe", s.tokens_dp, E, h, ab, ab, "bf16", count),
         Op(
@@ -462,21 +479,14 @@ def _moe_ops(
             "moe",
             "grouped_gemm",
             np.asarray(count, dtype=float),
-            flops,
-            moe_weight_reads(
-                active * expert_bytes,
-                padded,
-                active,
-                routing.block_m,
-                _moe_block(hw, None, cdt, weight_dtype_of(model, layout, "experts")).weight_reread,
-            )  # fmt: skip
-            + streamed
-            + serial,
+            tile["flops"],
+            tile["weight_bytes"] + streamed + serial,
             cdt,
             padded,
             (n_mat - 1) * I_gpu,
             moe_reduction_k(h, I_gpu, n_mat),
             gather_bytes=serial,
+            mma_rate=tile["mma_rate"],
         ),
     ]
     if np.any(offload > 0):

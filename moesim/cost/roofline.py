@@ -212,6 +212,7 @@ def op_time_s(
     k=None,
     act_quant=False,
     gather_bytes=None,
+    mma_rate=None,
 ) -> np.ndarray:
     """Predicted time of an operator (seconds), broadcast over all array inputs.
 
@@ -219,6 +220,8 @@ def op_time_s(
     enqueues ahead of the device and a call takes max(device time, launches x host launch cost).
     ``k`` is the reduction length each output tile loops over (GEMM K, attention keys) for the
     K0 term; ``act_quant`` marks a measured call that also quantised its m x k input.
+    ``mma_rate`` scales the MMA rate of the tile shape the kernel runs (a fused MoE's token
+    tile, :func:`moesim.cost.kernel_cost.moe_token_tile`); None = 1.
     """
     flops = np.asarray(flops, dtype=float)
     hbm_bytes = np.asarray(hbm_bytes, dtype=float)
@@ -235,6 +238,8 @@ def op_time_s(
     eta_c = min(params.compute_efficiency, 1.0)
     eta_m = min(params.memory_efficiency, 1.0)
     t_compute = flops / (np.asarray(peak_flops_per_s, dtype=float) * eta_c * q)
+    if mma_rate is not None:
+        t_compute = t_compute / np.asarray(mma_rate, dtype=float)
     if k is not None and params.k_overhead > 0:
         kk = np.maximum(np.asarray(k, dtype=float), 1.0)
         t_compute = t_compute * (kk + params.k_overhead) / kk

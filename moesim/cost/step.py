@@ -110,6 +110,7 @@ def evaluate_ops(ops: list[Op], hw, layout: Layout) -> list[OpTiming]:
                     launches=op.launches,
                     k=op.k,
                     gather_bytes=op.gather_bytes,
+                    mma_rate=op.mma_rate,
                 )
             f = floor_s(op.flops, op.hbm_bytes, peak, bw)
             b = np.where(op.flops / peak >= op.hbm_bytes / bw, "compute", "memory")

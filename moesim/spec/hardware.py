@@ -125,6 +125,16 @@ class KernelEfficiency(BaseModel):
     # expert; this share of the repeats (beyond the first) misses L2 and goes to HBM, so a
     # fused MoE reads weights x (1 + r (tiles per active expert - 1)). 0 = weights read once.
     weight_reread: float = Field(0.0, ge=0, le=1)
+    # Token tiles a grouped GEMM's autotuner picks from per shape (fused MoE only). The Hopper
+    # CUTLASS MoE GEMM of TensorRT-LLM runs D^T = W^T X^T, putting each expert's tokens on the
+    # tile's N side (moe_kernels.cu computeStridesTmaWarpSpecializedKernel: "#tokens as the N
+    # dimension"; CutlassTileConfigSM90 CtaShape128x{16,32,64,128,256}); vLLM's and SGLang's
+    # Triton fused_moe pick BLOCK_SIZE_M from tuned configs per token count. Each expert's rows
+    # pad to the tile b, its weights stream once per tile of rows, and a b-wide tile runs its
+    # MMAs at 1 / (1 + tile_operand_overhead / b) of the fitted rate (a narrow tile re-reads the
+    # weight operand from shared memory for few tokens); the fastest tile wins
+    # (kernel_cost.moe_token_tile). Empty: the caller's block_m at full rate.
+    token_tiles: list[int] = Field(default_factory=list, max_length=8)
     tile_candidates: list[list[int]] = []
     split_k: bool = True
     # Split-K limit: a grid of fewer tiles than SMs cuts K in at most K / split_k_min_k slices
@@ -183,6 +193,13 @@ class KernelEfficiency(BaseModel):
         ):
             raise ValueError("tile_candidates: at most 16 [m, n] tiles, each side in [1, 1024]")
         return [[int(a), int(b)] for a, b in value]
+
+    @field_validator("token_tiles")
+    @classmethod
+    def _check_token_tiles(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= int(b) <= 1024 for b in value) or len(set(value)) != len(value):
+            raise ValueError("token_tiles: distinct tile widths, each in [1, 1024]")
+        return sorted(int(b) for b in value)
 
     @field_validator("by_format")
     @classmethod
