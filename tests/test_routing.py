@@ -328,3 +328,22 @@ def test_cli_routing_json_and_errors(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "load.png").exists()
     bad = runner.invoke(app, ["routing", "--tokens", "10", "-e", "64", "-k", "2", "--ep", "3"])
     assert isinstance(bad.exception, MoesimError)
+
+
+@pytest.mark.parametrize("dist,ep", [("uniform", 1), ("uniform", 8), ("zipf:1.2", 8)])
+def test_token_tiles_in_one_pass_pad_as_a_call_per_tile_does(dist, ep):
+    # the fused MoE's token tile candidates share one interpolation: the same straggler rows
+    # as a routing_stats call per block size
+    T = np.array([1.0, 7.0, 64.0, 500.0, 4096.0])
+    both = routing_stats(T, 8, 256, ep=ep, dist=dist, block_m=64, tiles=(16, 64, 256))
+    for b in (16, 64, 256):
+        one = routing_stats(T, 8, 256, ep=ep, dist=dist, block_m=b)
+        np.testing.assert_allclose(
+            both.padded_max_gpu_by_tile[b], one.padded_assignments_max_gpu, rtol=1e-12
+        )
+    # by hand: one token, top-8 of 256 on one GPU, is 8 experts with one row each, padded to
+    # 8 x 16 rows at tiles of 16 and 8 x 64 at 64
+    one_token = routing_stats(1.0, 8, 256, tiles=(16, 64))
+    assert float(one_token.padded_max_gpu_by_tile[16]) == pytest.approx(128.0)
+    assert float(one_token.padded_max_gpu_by_tile[64]) == pytest.approx(512.0)
+    assert routing_stats(T, 8, 256).padded_max_gpu_by_tile is None

@@ -198,19 +198,21 @@ def moe_token_tile(
     ``tile``, ``padded`` rows, ``flops``, ``weight_bytes``, ``mma_rate``.
     """
     block = _moe_block(hw, efficiency, dtype, fmt)
+    params = RooflineParams.from_efficiency(block, dtype, fmt)
     ovh = block.tile_operand_overhead if block.token_tiles else 0.0
+    k = moe_reduction_k(hidden, intermediate, n_mat)
     best = None
     for b, padded in candidates:
         padded = np.asarray(padded, dtype=float)
         flops = 2.0 * padded * hidden * intermediate * n_mat
         weights = moe_weight_reads(weight_bytes, padded, active, b, block.weight_reread)
         rate = 1.0 / (1.0 + ovh / b) if (b and ovh) else 1.0
-        t = _time(
-            hw, "grouped_gemm", dtype, flops, weights + streamed + serial, m=padded,
-            n=(n_mat - 1) * intermediate, launches=launches, efficiency=efficiency, eager=eager,
-            k=moe_reduction_k(hidden, intermediate, n_mat), fmt=fmt, gather_bytes=serial,
-            mma_rate=rate,
-        )["latency_s"]  # fmt: skip
+        t = op_time_s(
+            flops, weights + streamed + serial, peak_flops_per_s=hw.peak(dtype),
+            hbm_bytes_per_s=hw.hbm_bandwidth_bytes_per_s, params=params, num_sms=hw.num_sms,
+            m=padded, n=(n_mat - 1) * intermediate, launches=launches, eager=eager, k=k,
+            gather_bytes=serial, mma_rate=rate,
+        )  # fmt: skip
         cand = {
             "latency_s": t, "tile": np.full(np.shape(t), float(b or 0)), "padded": padded,
             "flops": flops, "weight_bytes": weights, "mma_rate": np.full(np.shape(t), rate),
@@ -223,11 +225,15 @@ def moe_token_tile(
     return best
 
 
-def moe_token_tile_candidates(block, block_m, padded_of):
-    """(b, padded rows) candidates of a fused MoE: the block's ``token_tiles`` (``padded_of(b)``
-    gives the rows padded to b), else the caller's ``block_m`` with its ``padded_of(block_m)``."""
-    tiles = list(getattr(block, "token_tiles", []) or [])
-    return [(b, padded_of(b)) for b in tiles] or [(block_m, padded_of(block_m))]
+def moe_token_tile_candidates(block, block_m, stats, keep=1.0):
+    """(b, padded rows) candidates of a fused MoE on the busiest rank: the block's
+    ``token_tiles`` (``stats`` from routing_stats asked for those tiles), else the caller's
+    ``block_m`` with the rows ``stats`` padded to it; ``keep``: the share not dropped."""
+    by_tile = stats.padded_max_gpu_by_tile or {}
+    tiles = [b for b in getattr(block, "token_tiles", []) if b in by_tile]
+    if tiles:
+        return [(b, keep * by_tile[b]) for b in tiles]
+    return [(block_m, keep * stats.padded_assignments_max_gpu)]
 
 
 def moe_activation_bytes(assignments, tokens_held, hidden, intermediate, n_mat, act_bytes):
@@ -294,12 +300,6 @@ def moe_cost(
     tokens = np.asarray(tokens, dtype=float)
     block = _moe_block(hw, efficiency, dtype, fmt)
 
-    def routed(b):
-        return routing_stats(
-            tokens, top_k, experts, ep=ep, dist=routing or UNIFORM, block_m=b,
-            capacity_factor=capacity_factor,
-        )  # fmt: skip
-
     if realised is not None:
         active = np.asarray(realised["n_active_experts"], dtype=float)
         padded = np.asarray(realised["sum_padded_tokens"], dtype=float)
@@ -310,14 +310,13 @@ def moe_cost(
         tiles = [b for b in block.token_tiles if b in by_tile]
         candidates = [(b, by_tile[b]) for b in tiles] or [(block_m, padded)]
     else:
-        stats = routed(block_m)
+        stats = routing_stats(
+            tokens, top_k, experts, ep=ep, dist=routing or UNIFORM, block_m=block_m,
+            capacity_factor=capacity_factor, tiles=tuple(block.token_tiles),
+        )  # fmt: skip
         active = stats.active_experts_max_gpu
         load = stats.max_gpu_load
-        candidates = moe_token_tile_candidates(
-            block, block_m,
-            lambda b: stats.padded_assignments_max_gpu if b == block_m
-            else routed(b).padded_assignments_max_gpu,
-        )  # fmt: skip
+        candidates = moe_token_tile_candidates(block, block_m, stats)
     seen = tokens if tokens_seen is None else np.asarray(tokens_seen, dtype=float)
     streamed, serial = moe_activation_bytes(load, seen, hidden, intermediate, n_mat, ab)
     if launches is None:

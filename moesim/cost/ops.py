@@ -427,20 +427,19 @@ def _moe_ops(
     # Points whose EP size cannot hold the experts are infeasible (check_layout says why); they
     # are evaluated at ep=1 so that one bad point does not stop a vectorised sweep.
     ep_ok = ((E + redundant) % ep == 0) & (ep <= E + redundant)
-
-    def routed(block_m):
-        return routing_stats(
-            s.tokens_stage,
-            k,
-            E,
-            ep=np.where(ep_ok, ep, 1.0),
-            dist=routing.dist or UNIFORM,
-            block_m=block_m,
-            capacity_factor=routing.capacity_factor,
-            redundant_experts=redundant,
-        )
-
-    stats = routed(routing.block_m)
+    fmt = weight_dtype_of(model, layout, "experts")
+    block = _moe_block(hw, None, cdt, fmt)
+    stats = routing_stats(
+        s.tokens_stage,
+        k,
+        E,
+        ep=np.where(ep_ok, ep, 1.0),
+        dist=routing.dist or UNIFORM,
+        block_m=routing.block_m,
+        capacity_factor=routing.capacity_factor,
+        redundant_experts=redundant,
+        tiles=tuple(block.token_tiles),
+    )
     load = stats.max_gpu_load
     keep = 1.0
     if routing.capacity_factor is not None and routing.drop_tokens:
@@ -462,11 +461,7 @@ def _moe_ops(
     streamed, serial = moe_activation_bytes(load, held, h, I_gpu, n_mat, ab)
     # The token tile the engine's autotuner picks (kernel_cost.moe_token_tile): rows padded
     # per expert to it, weights streamed once per tile, its MMA rate.
-    fmt = weight_dtype_of(model, layout, "experts")
-    candidates = moe_token_tile_candidates(
-        _moe_block(hw, None, cdt, fmt), routing.block_m,
-        lambda b: keep * (stats if b == routing.block_m else routed(b)).padded_assignments_max_gpu,
-    )  # fmt: skip
+    candidates = moe_token_tile_candidates(block, routing.block_m, stats, keep)
     tile = moe_token_tile(
         hw, cdt, fmt, None, candidates, active=active, weight_bytes=active * expert_bytes,
         streamed=streamed, serial=serial, hidden=h, intermediate=I_gpu, n_mat=n_mat,

@@ -48,12 +48,15 @@ class RoutingStats:
     dropped_assignments: np.ndarray  # E[Σ_e (n_e − capacity)^+]
     drop_rate: np.ndarray  # dropped/A
     remote_gpus_per_token: np.ndarray  # E[#distinct GPUs other than the token's own it sends to]
+    # {tile b: padded_assignments_max_gpu with each expert's rows padded to b} for the ``tiles``
+    # asked for (a fused MoE's token tile candidates); None when none were
+    padded_max_gpu_by_tile: dict[int, np.ndarray] | None = None
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in STAT_NAMES}
 
 
-STAT_NAMES = tuple(f.name for f in fields(RoutingStats))
+STAT_NAMES = tuple(f.name for f in fields(RoutingStats) if f.name != "padded_max_gpu_by_tile")
 
 
 def shared_expert_tokens(tokens):
@@ -308,6 +311,7 @@ def routing_stats(
     redundant_experts: int = 0,
     placement=None,
     layer: int | None = None,
+    tiles: tuple[int, ...] = (),
 ) -> RoutingStats:
     """Expected routing statistics for ``tokens`` (T) top-``top_k`` (K) of ``num_experts`` (E)
     on ``ep`` (G) expert-parallel GPUs; T, K, E, G broadcast as numpy arrays.
@@ -320,6 +324,8 @@ def routing_stats(
     redundant_experts : R extra replica slots placed by EPLB (E + R must divide by G)
     placement : an explicit :class:`~moesim.cost.routing.eplb.Placement` (scalar E, K, G only)
     layer : for per-layer histograms, one layer; None averages the statistics over layers
+    tiles : token tiles b to also pad the straggler's rows to (``padded_max_gpu_by_tile``);
+        one pass shares the interpolation, so several tiles cost little more than one
     """
     dist = parse_routing(dist) if isinstance(dist, str) else dist
     T, K, E, G = np.broadcast_arrays(
@@ -327,6 +333,10 @@ def routing_stats(
     )
     R = int(redundant_experts)
     _validate(T, K, E, G, R, block_m, capacity_factor, placement)
+    tiles = tuple(int(b) for b in tiles)
+    if any(b < 1 for b in tiles):
+        raise MoesimError(f"token tiles must be >= 1, got {tiles}")
+    names = STAT_NAMES + tuple(f"_tile{b}" for b in tiles)
     layers = range(dist.num_layers) if layer is None else [int(layer)]
     arrays = [np.asarray(a) for a in (top_k, num_experts, ep)]
     if all(a.size and not np.any(a != a.flat[0]) for a in arrays):  # one group, the common case
@@ -340,20 +350,21 @@ def routing_stats(
                     mask = (K == k) & (E == e) & (G == g)
                     if mask.any():
                         groups.append(((k, e, g), mask))
-    out = {name: np.zeros(T.shape) for name in STAT_NAMES}
+    out = {name: np.zeros(T.shape) for name in names}
     for (k, e, g), mask in groups:
         t = T if mask is None else T[mask]
         acc = None
         for li in layers:
-            part = _stats_one(t, k, e, g, dist, li, R, placement, block_m, capacity_factor)
-            acc = part if acc is None else {n: acc[n] + part[n] for n in STAT_NAMES}
-        for name in STAT_NAMES:
+            part = _stats_one(t, k, e, g, dist, li, R, placement, block_m, capacity_factor, tiles)
+            acc = part if acc is None else {n: acc[n] + part[n] for n in names}
+        for name in names:
             value = acc[name] / len(layers) if len(layers) > 1 else acc[name]
             if mask is None:
                 out[name] = np.broadcast_to(value, T.shape).astype(float)
             else:
                 out[name][mask] = value
-    return RoutingStats(**out)
+    by_tile = {b: out.pop(f"_tile{b}") for b in tiles} if tiles else None
+    return RoutingStats(**out, padded_max_gpu_by_tile=by_tile)
 
 
 def _validate(T, K, E, G, R, block_m, capacity_factor, placement) -> None:
@@ -382,7 +393,7 @@ def _validate(T, K, E, G, R, block_m, capacity_factor, placement) -> None:
         raise MoesimError("an explicit placement needs a single num_experts and ep")
 
 
-def _stats_one(T, K, E, G, dist, layer, R, placement, block_m, capacity_factor) -> dict:
+def _stats_one(T, K, E, G, dist, layer, R, placement, block_m, capacity_factor, tiles=()) -> dict:
     if placement is not None and int(placement.num_gpus) != G:
         raise MoesimError(f"placement is for {placement.num_gpus} GPUs, ep={G}")
     lay_place = (
@@ -393,7 +404,10 @@ def _stats_one(T, K, E, G, dist, layer, R, placement, block_m, capacity_factor) 
     A = T * K
     mean_load = A / G
     uniform_closed = dist.kind == "uniform" and R == 0 and placement is None
-    need_table = not (uniform_closed and G == 1 and block_m is None and capacity_factor is None)
+    need_table = not (
+        uniform_closed and G == 1 and block_m is None and capacity_factor is None and not tiles
+    )
+    tile_ratio = {}
     if need_table and T.size:
         tab = _table(model_key, model, float(T.max()), block_m, capacity_factor)
         grid = tab["x"]
@@ -409,6 +423,10 @@ def _stats_one(T, K, E, G, dist, layer, R, placement, block_m, capacity_factor) 
             y = tab[name]
             lo_y = y[hi - 1]
             return lo_y + frac * (y[hi] - lo_y)
+
+        for b in tiles:  # the same grid and search, each tile's padding column
+            y = _table(model_key, model, float(T.max()), b, capacity_factor)["padded_max_ratio"]
+            tile_ratio[b] = y[hi - 1] + frac * (y[hi] - y[hi - 1])
     else:
 
         def interp(name):
@@ -446,4 +464,7 @@ def _stats_one(T, K, E, G, dist, layer, R, placement, block_m, capacity_factor) 
         "dropped_assignments": interp("drop_rate") * A,
         "drop_rate": interp("drop_rate"),
         "remote_gpus_per_token": np.full(T.shape, model.remote),
+    } | {
+        f"_tile{b}": tile_ratio.get(b, np.ones_like(T)) * np.maximum(max_load, mean_load)
+        for b in tiles
     }
