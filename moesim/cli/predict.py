@@ -174,7 +174,12 @@ def predict_cmd(
         help="Extra expert replicas (EPLB) spread over the EP group.",
     ),
     block_m: int = typer.Option(
-        64, "--block-m", min=1, max=MAX_BLOCK_M, help="Grouped-GEMM block M tokens pad to."
+        64,
+        "--block-m",
+        min=1,
+        max=MAX_BLOCK_M,
+        help="Grouped-GEMM block M tokens pad to (a profile fitted with token tiles "
+        "picks the fastest of its tiles instead).",
     ),
     offload: float = typer.Option(
         0.0,

@@ -171,7 +171,13 @@ def simulate_cmd(
     redundant_experts: int = typer.Option(
         0, "--redundant-experts", min=0, help="Extra expert replicas (EPLB)."
     ),
-    block_m: int = typer.Option(64, "--block-m", min=1, help="Grouped-GEMM block M."),
+    block_m: int = typer.Option(
+        64,
+        "--block-m",
+        min=1,
+        help="Grouped-GEMM block M (a profile fitted with token tiles picks "
+        "the fastest of its tiles instead).",
+    ),
     offload: float = typer.Option(
         0.0, "--offload", min=0.0, max=1.0, help="Share of experts kept in host memory."
     ),
