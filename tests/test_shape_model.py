@@ -406,3 +406,12 @@ def test_the_step_model_prices_the_token_tile_the_kernel_model_picks():
         assert float(experts.mma_rate) == pytest.approx(1 / (1 + 40.0 / tile))
         tiles.add(tile)
     assert len(tiles) > 1  # small batches take narrow tiles, large ones wide
+
+
+def test_token_tiles_must_be_distinct_widths_in_range():
+    from pydantic import ValidationError
+
+    for bad in ([0, 16], [16, 16], [2048]):
+        with pytest.raises(ValidationError, match="token_tiles"):
+            KernelEfficiency(token_tiles=bad)
+    assert KernelEfficiency(token_tiles=[64, 16]).token_tiles == [16, 64]
