@@ -26,12 +26,7 @@ BOUNDS = {
     "gemm": 0.05, "grouped_gemm": 0.08, "attention_prefill": 0.10, "attention_decode": 0.10,
     "attention_decode_mla": 0.10,
 }  # fmt: skip
-KNOWN_GAPS = {
-    ("h200_sxm", "grouped_gemm"): "MoE experts on H200: held-out median 8.4 % on this subset "
-    "against the 8 % bound (8.02 % on the whole import; H100 7.1 % / 6.9 %); the model is "
-    "too fast at 32-128 rows per active expert and too slow above 512, and some tactic "
-    "outliers of the CUTLASS MoE (h = 5120, top-1) remain",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}  # (system, class) -> why a bound is not met
 
 
 def _cases():
