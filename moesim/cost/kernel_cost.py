@@ -218,10 +218,10 @@ def moe_token_tile(
             "flops": flops, "weight_bytes": weights, "mma_rate": np.full(np.shape(t), rate),
         }  # fmt: skip
         if best is None:
-            best = {k: np.asarray(v, dtype=float) for k, v in cand.items()}
+            best = {name: np.asarray(v, dtype=float) for name, v in cand.items()}
             continue
         better = np.asarray(t < best["latency_s"])
-        best = {k: np.where(better, v, best[k]) for k, v in cand.items()}
+        best = {name: np.where(better, v, best[name]) for name, v in cand.items()}
     return best
 
 
