@@ -12,25 +12,16 @@ interpolations one lookup costs, which holds across machines better than seconds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _bench import best_of, report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _best_of(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -45,10 +36,10 @@ def main() -> None:
     t0 = time.perf_counter()
     routing_stats(T, 8, 256, G)  # builds the tables
     build_s = time.perf_counter() - t0
-    lookup_s = _best_of(lambda: routing_stats(T, 8, 256, G))
+    lookup_s = best_of(lambda: routing_stats(T, 8, 256, G))
     x = rng.random(10**6)
     xp, fp = np.linspace(0, 1, 1000), rng.random(1000)
-    interp_s = _best_of(lambda: np.interp(x, xp, fp))
+    interp_s = best_of(lambda: np.interp(x, xp, fp))
     result = {
         "what": "routing_stats(T, k=8, E=256, G) over 1e6 (T, G) pairs, uniform, tables warm",
         "lookup_s": round(lookup_s, 4),
@@ -61,10 +52,7 @@ def main() -> None:
         "timing": "best of 5 runs each",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,26 +10,17 @@ five tiles per point) and with them removed (one 64-row block), and reports the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from _bench import best_of, report
 
 from moesim.cost.ops import routing_or_default, step_ops
 from moesim.spec.deployment import Layout
 from moesim.spec.hardware import load_hardware
 from moesim.spec.model import load_model
-
-
-def _best_of(fn, n: int = 3) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def _without_tiles(hw):
@@ -63,7 +54,7 @@ def main() -> None:
         return lambda: step_ops(model, h, Layout(tp=2, ep=2), "decode", batch, 1, 2048, routing)
 
     run(hw)(), run(plain)()  # warm the routing tables
-    tiled_s, plain_s = _best_of(run(hw)), _best_of(run(plain))
+    tiled_s, plain_s = best_of(run(hw), 3), best_of(run(plain), 3)
     result = {
         "what": f"step_ops, Mixtral-8x7B decode TP2 EP2, {args.points:,} batch sizes, h200.trtllm",
         "token_tiles": tiles,
@@ -75,10 +66,7 @@ def main() -> None:
         "timing": "best of 3 runs each, tables warm",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":
