@@ -34,7 +34,6 @@ def _time(
     fmt="",
     act_quant=False,
     gather_bytes=None,
-    mma_rate=None,
 ):
     eff = (efficiency or hw.efficiency).for_class(kernel_class)
     peak = hw.peak(dtype)
@@ -54,7 +53,6 @@ def _time(
         k=k,
         act_quant=act_quant,
         gather_bytes=gather_bytes,
-        mma_rate=mma_rate,
     )
     return _result(t, flops, hbm_bytes, peak, bw)
 
